@@ -1,0 +1,608 @@
+//! The RINGBUF consumer: reading records a BPF program produced.
+//!
+//! The algorithm (libbpf's `ringbuf_process_ring`, kernel/bpf/ringbuf.c on the other side):
+//!
+//! ```text
+//! cons = load_acquire(consumer_pos); prod = load_acquire(producer_pos)
+//! while cons != prod:
+//!     len = load_acquire(header at cons & mask)
+//!     BUSY    -> stop: records become readable strictly in reservation order
+//!     DISCARD -> skip, but consume its space
+//!     else    -> deliver data[cons & mask + 8 ..][..len]
+//!     cons += round_up(len + 8, 8)
+//! store_release(consumer_pos, cons)    -- once per batch
+//! ```
+//!
+//! Three ways in: [`Consumer::batch`] lends records zero-copy, several at once, and publishes
+//! `consumer_pos` once when the batch ends; [`Consumer::consume`] calls a closure with a record
+//! budget and early stop; [`Consumer::read_into`] (and, with `alloc`, [`Consumer::read_vec`]
+//! and [`Consumer::read_owned`]) copy one record out.
+//!
+//! Every position and header is checked before it is used (see [`ReadError`]).
+
+use core::cell::Cell;
+use core::ops::ControlFlow;
+
+use crate::error::{GeometryError, ReadError};
+use crate::geometry::{distance, Geometry};
+use crate::header::{RecordHeader, HEADER_SIZE};
+use crate::memory::RingMemory;
+use crate::sync::atomic::{fence, Ordering};
+
+/// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
+///
+/// There must be one consumer per ring: `consumer_pos` has a single writer.
+///
+/// # Examples
+///
+/// A heap-backed ring and the model of the kernel producer stand in for a real map here; the
+/// Linux front end ([`RingBuf`](crate::RingBuf)) wraps a `Consumer` over the map's `mmap`.
+///
+/// ```
+/// use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
+/// use bpf_ringbuf::Consumer;
+/// use std::sync::Arc;
+///
+/// let ring = Arc::new(HeapRing::new(4096)?);
+/// let producer = KernelProducer::new(ring.clone())?;
+/// producer.output(b"hello", Wakeup::Adaptive).unwrap();
+/// producer.output(b"world", Wakeup::Adaptive).unwrap();
+///
+/// let mut consumer = Consumer::new(ring)?;
+/// let batch = consumer.batch();
+/// let first = batch.next_record().unwrap()?;
+/// let second = batch.next_record().unwrap()?; // `first` is still borrowed: fine
+/// assert_eq!((first, second), (&b"hello"[..], &b"world"[..]));
+/// drop(batch); // publishes consumer_pos once
+/// assert_eq!(consumer.available()?, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Consumer<M: RingMemory> {
+    memory: M,
+    geometry: Geometry,
+}
+
+/// What one step of the read loop found at a position.
+enum Step {
+    /// `position == producer_pos`: nothing more to read.
+    End,
+    /// The record there is still reserved.
+    Busy,
+    /// A discarded record; the next one starts at the given position.
+    Discarded(usize),
+    /// A committed record: payload at `offset..offset + len`, next record at `next`.
+    Record {
+        offset: usize,
+        len: usize,
+        next: usize,
+    },
+    /// The header contradicts the positions.
+    Corrupt(ReadError),
+}
+
+/// What [`Consumer::check_before_sleep`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// A record (or a corrupt ring, which a read reports) is waiting: do not sleep.
+    Readable,
+    /// Nothing was produced past `consumer_pos`: sleeping is safe, the kernel wakes us.
+    Empty,
+    /// The next record is reserved but not committed: sleeping is safe, its commit wakes us.
+    HeadBusy,
+}
+
+/// Both positions, as read from the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Positions {
+    /// `consumer_pos`: everything before it has been consumed.
+    pub consumer: usize,
+    /// `producer_pos`: everything before it has been reserved.
+    pub producer: usize,
+}
+
+impl<M: RingMemory> Consumer<M> {
+    /// A consumer of the ring in `memory`, starting at the ring's current `consumer_pos`
+    /// (so a pinned map reopened mid-stream continues where its last reader stopped).
+    ///
+    /// # Errors
+    ///
+    /// [`GeometryError`] if `memory.size()` is not a valid ring size.
+    pub fn new(memory: M) -> Result<Self, GeometryError> {
+        let geometry = Geometry::new(memory.size())?;
+        Ok(Self { memory, geometry })
+    }
+
+    /// The ring's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The memory this consumer reads.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// Gives the memory back.
+    pub fn into_memory(self) -> M {
+        self.memory
+    }
+
+    /// Both positions, as they are now.
+    pub fn positions(&self) -> Positions {
+        Positions {
+            // Acquire: pairs with the store-release of a previous reader of this ring (another
+            // process, or this one before a reopen), so we continue after what it consumed.
+            consumer: self.memory.consumer_pos().load(Ordering::Acquire),
+            // Acquire: pairs with smp_store_release(&rb->producer_pos) in
+            // __bpf_ringbuf_reserve, making the headers it wrote visible.
+            producer: self.memory.producer_pos().load(Ordering::Acquire),
+        }
+    }
+
+    /// Bytes between `consumer_pos` and `producer_pos`: records ready to read, records still
+    /// reserved, and discarded ones (what `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)` reports).
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::ConsumerAhead`] or [`ReadError::MisalignedPosition`] if `consumer_pos`
+    /// is corrupt.
+    pub fn available(&self) -> Result<usize, ReadError> {
+        let positions = self.positions();
+        self.validate(positions)
+    }
+
+    /// Checks the positions a read starts from; returns the bytes between them.
+    #[inline]
+    fn validate(&self, Positions { consumer, producer }: Positions) -> Result<usize, ReadError> {
+        let available = distance(consumer, producer);
+        if available > self.geometry.size() {
+            return Err(ReadError::ConsumerAhead {
+                consumer_pos: consumer,
+                producer_pos: producer,
+            });
+        }
+        if consumer % 8 != 0 {
+            return Err(ReadError::MisalignedPosition {
+                consumer_pos: consumer,
+            });
+        }
+        Ok(available)
+    }
+
+    /// One step of the read loop at `position`, which is 8-byte aligned and at most one ring
+    /// size behind `end` (the producer position the read started from).
+    #[inline(always)]
+    fn step(&self, position: usize, end: usize) -> Step {
+        let available = distance(position, end);
+        if available == 0 {
+            return Step::End;
+        }
+        let offset = self.geometry.offset(position);
+        // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
+        // barrier: the payload the program wrote before committing is visible once we see the
+        // BUSY bit clear.
+        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        if header.is_busy() {
+            return Step::Busy;
+        }
+        let record_size = header.record_size();
+        // `available <= size` (checked when the read started, and positions only move
+        // towards `end`), so this one comparison keeps the record inside the ring and before
+        // producer_pos.
+        if record_size > available {
+            return Step::Corrupt(ReadError::RecordOutOfBounds {
+                position,
+                header: header.raw(),
+                record_size,
+                available,
+            });
+        }
+        let next = position.wrapping_add(record_size);
+        if header.is_discarded() {
+            Step::Discarded(next)
+        } else {
+            Step::Record {
+                offset: offset + HEADER_SIZE,
+                len: header.len(),
+                next,
+            }
+        }
+    }
+
+    /// Publishes `position` as the new `consumer_pos`.
+    #[inline]
+    fn publish(&self, position: usize) {
+        // Release: pairs with smp_load_acquire(&rb->consumer_pos) in __bpf_ringbuf_reserve
+        // (and in bpf_ringbuf_commit's wakeup check): our reads of the records before
+        // `position` are complete before the kernel may reuse their space.
+        self.memory
+            .consumer_pos()
+            .store(position, Ordering::Release);
+    }
+
+    /// Starts a zero-copy batch over the records committed so far.
+    ///
+    /// The batch lends each record as a `&[u8]` into the ring itself; the borrow checker keeps
+    /// every record borrowed from the batch alive no longer than the batch, and the batch
+    /// publishes `consumer_pos` once, when it is dropped or [committed](Batch::commit). Reading
+    /// stops at the first BUSY record.
+    ///
+    /// ```
+    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
+    /// # use bpf_ringbuf::Consumer;
+    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
+    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # for i in 0..3u8 { producer.output(&[i; 4], Wakeup::Adaptive).unwrap(); }
+    /// let mut consumer = Consumer::new(ring)?;
+    /// let batch = consumer.batch();
+    /// let records: Vec<&[u8]> = batch.iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(records, [&[0u8; 4][..], &[1; 4], &[2; 4]]);
+    /// batch.commit();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn batch(&mut self) -> Batch<'_, M> {
+        let positions = self.positions();
+        let (end, error) = match self.validate(positions) {
+            Ok(_) => (positions.producer, None),
+            Err(error) => (positions.consumer, Some(error)),
+        };
+        Batch {
+            consumer: self,
+            start: positions.consumer,
+            cursor: Cell::new(positions.consumer),
+            end: Cell::new(end),
+            error: Cell::new(error),
+            stopped_at_busy: Cell::new(false),
+        }
+    }
+
+    /// Calls `f` with each committed record, zero-copy, until `budget` records were delivered,
+    /// `f` returns [`ControlFlow::Break`], or no committed record is left. Returns the number of
+    /// records delivered (the one `f` broke on included).
+    ///
+    /// `consumer_pos` is published after each internal batch (at least once per call that read
+    /// anything). Records that arrive while the call runs are read too, up to the budget.
+    ///
+    /// ```
+    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
+    /// # use bpf_ringbuf::Consumer;
+    /// # use std::ops::ControlFlow;
+    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
+    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # for i in 0..10u8 { producer.output(&[i], Wakeup::Adaptive).unwrap(); }
+    /// let mut consumer = Consumer::new(ring)?;
+    /// let mut seen = Vec::new();
+    /// let n = consumer.consume(usize::MAX, |record| {
+    ///     seen.push(record[0]);
+    ///     if record[0] == 4 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    /// })?;
+    /// assert_eq!(n, 5);
+    /// assert_eq!(consumer.consume(3, |_| ControlFlow::Continue(()))?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ReadError`] when the ring is corrupt; records before the corrupt spot were delivered
+    /// and consumed.
+    pub fn consume<F>(&mut self, budget: usize, mut f: F) -> Result<usize, ReadError>
+    where
+        F: FnMut(&[u8]) -> ControlFlow<()>,
+    {
+        let mut delivered = 0;
+        while delivered < budget {
+            let batch = self.batch();
+            let start = batch.cursor.get();
+            while delivered < budget {
+                match batch.next_record() {
+                    Some(Ok(record)) => {
+                        delivered += 1;
+                        if f(record).is_break() {
+                            return Ok(delivered);
+                        }
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None => break,
+                }
+            }
+            // Another round only if this one moved and ended at producer_pos (more may have
+            // been committed since); a BUSY head would stop the next one just the same.
+            if batch.cursor.get() == start || batch.stopped_at_busy.get() {
+                break;
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// Reads the next committed record with `f` and consumes it if `f` returns `Ok`.
+    fn read_one<R>(
+        &mut self,
+        f: impl FnOnce(&[u8]) -> Result<R, ReadError>,
+    ) -> Result<Option<R>, ReadError> {
+        let positions = self.positions();
+        self.validate(positions)?;
+        let mut position = positions.consumer;
+        let result = loop {
+            match self.step(position, positions.producer) {
+                Step::End | Step::Busy => break Ok(None),
+                Step::Discarded(next) => position = next,
+                Step::Corrupt(error) => break Err(error),
+                Step::Record { offset, len, next } => {
+                    // SAFETY: `step` checked `offset + len <= 2 * size` (the record lies
+                    // before producer_pos, at most one ring size ahead of an offset below
+                    // `size`). The record is committed (BUSY clear, seen with Acquire) and
+                    // lies at or after consumer_pos, so the kernel does not write it until we
+                    // publish a consumer_pos past it, which happens below, after `f` returned.
+                    let record = unsafe { self.memory.bytes(offset, len) };
+                    match f(record) {
+                        Ok(value) => {
+                            position = next;
+                            break Ok(Some(value));
+                        }
+                        Err(error) => break Err(error),
+                    }
+                }
+            }
+        };
+        if position != positions.consumer {
+            self.publish(position);
+        }
+        result
+    }
+
+    /// Copies the next committed record into `buf` and consumes it; returns its length, or
+    /// `None` if no committed record is waiting.
+    ///
+    /// ```
+    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
+    /// # use bpf_ringbuf::{Consumer, ReadError};
+    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
+    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # producer.output(b"0123456789", Wakeup::Adaptive).unwrap();
+    /// let mut consumer = Consumer::new(ring)?;
+    /// let mut small = [0u8; 4];
+    /// assert_eq!(
+    ///     consumer.read_into(&mut small),
+    ///     Err(ReadError::BufferTooSmall { needed: 10, capacity: 4 })
+    /// );
+    /// let mut buf = [0u8; 64];
+    /// assert_eq!(consumer.read_into(&mut buf)?, Some(10)); // nothing was lost
+    /// assert_eq!(&buf[..10], b"0123456789");
+    /// assert_eq!(consumer.read_into(&mut buf)?, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::BufferTooSmall`] if the record does not fit (it stays in the ring), or a
+    /// ring-corruption [`ReadError`].
+    pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        self.read_one(|record| {
+            let capacity = buf.len();
+            let target = buf
+                .get_mut(..record.len())
+                .ok_or(ReadError::BufferTooSmall {
+                    needed: record.len(),
+                    capacity,
+                })?;
+            target.copy_from_slice(record);
+            Ok(record.len())
+        })
+    }
+
+    /// Replaces the contents of `buf` with the next committed record and consumes it; returns
+    /// whether there was one. `buf`'s allocation is reused, so a steady stream of records of
+    /// similar sizes does not allocate.
+    ///
+    /// # Errors
+    ///
+    /// A ring-corruption [`ReadError`].
+    #[cfg(feature = "alloc")]
+    pub fn read_vec(&mut self, buf: &mut alloc::vec::Vec<u8>) -> Result<bool, ReadError> {
+        self.read_one(|record| {
+            buf.clear();
+            buf.extend_from_slice(record);
+            Ok(())
+        })
+        .map(|read| read.is_some())
+    }
+
+    /// The next committed record as an owned `Vec`, consumed; `None` if no committed record
+    /// is waiting.
+    ///
+    /// # Errors
+    ///
+    /// A ring-corruption [`ReadError`].
+    #[cfg(feature = "alloc")]
+    pub fn read_owned(&mut self) -> Result<Option<alloc::vec::Vec<u8>>, ReadError> {
+        self.read_one(|record| Ok(record.to_vec()))
+    }
+
+    /// The check to make right before going to sleep until the kernel signals new data.
+    ///
+    /// The kernel wakes a sleeping consumer only when it commits the record at the
+    /// *published* `consumer_pos` (bpf_ringbuf_commit: `cons_pos == rec_pos`). A consumer that
+    /// goes to sleep without having published how far it read, or that misses a commit that
+    /// raced with its last look, sleeps past data. This check runs a full fence after the
+    /// last publish (every batch publishes when it ends), then looks again: if it returns
+    /// [`Readiness::Empty`] or [`Readiness::HeadBusy`], any later commit at our position
+    /// sees our `consumer_pos` and wakes us.
+    pub fn check_before_sleep(&self) -> Readiness {
+        // SeqCst fence: pairs with the full barrier of the xchg() in bpf_ringbuf_commit (and of
+        // the reservation's store-release followed by that xchg). Store-buffer pattern: we
+        // stored consumer_pos then load producer_pos/header; the kernel stores the header then
+        // loads consumer_pos. With a full barrier on both sides, at least one of us sees the
+        // other's store: either we see the new record here, or the kernel sees our position
+        // and wakes us.
+        fence(Ordering::SeqCst);
+        let positions = self.positions();
+        if positions.producer == positions.consumer {
+            return Readiness::Empty;
+        }
+        if self.validate(positions).is_err() {
+            return Readiness::Readable;
+        }
+        let offset = self.geometry.offset(positions.consumer);
+        // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
+        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        if header.is_busy() {
+            Readiness::HeadBusy
+        } else {
+            Readiness::Readable
+        }
+    }
+
+    /// Moves `consumer_pos` to the current `producer_pos`, dropping everything between them;
+    /// returns the number of bytes skipped. The way out after a [`ReadError`] that reports a
+    /// corrupt ring.
+    pub fn resync(&mut self) -> usize {
+        let positions = self.positions();
+        self.publish(positions.producer);
+        distance(positions.consumer, positions.producer)
+    }
+}
+
+impl<M: RingMemory> core::fmt::Debug for Consumer<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("geometry", &self.geometry)
+            .field("positions", &self.positions())
+            .finish()
+    }
+}
+
+/// Records lent zero-copy from a [`Consumer`]; publishes `consumer_pos` once when it ends.
+///
+/// Records are `&[u8]` slices of the ring borrowed from the batch (not from the consumer), so
+/// any number of them can be held at once, and none can outlive the batch: the borrow checker
+/// rules out reading a record after its space was handed back to the kernel.
+///
+/// ```compile_fail
+/// # use bpf_ringbuf::model::HeapRing;
+/// # use bpf_ringbuf::Consumer;
+/// let mut consumer = Consumer::new(HeapRing::new(4096).unwrap()).unwrap();
+/// let batch = consumer.batch();
+/// let record = batch.next_record();
+/// batch.commit(); // error: `batch` is still borrowed by `record`
+/// drop(record);
+/// ```
+#[must_use = "a batch reads nothing until its records are taken"]
+pub struct Batch<'c, M: RingMemory> {
+    consumer: &'c mut Consumer<M>,
+    /// `consumer_pos` when the batch began.
+    start: usize,
+    /// Position of the next record to look at.
+    cursor: Cell<usize>,
+    /// Where reading stops: `producer_pos` when the batch began, or where corruption was found.
+    end: Cell<usize>,
+    /// A corrupt `consumer_pos` found when the batch began, reported by the first read.
+    error: Cell<Option<ReadError>>,
+    /// The last read stopped at a BUSY record.
+    stopped_at_busy: Cell<bool>,
+}
+
+impl<'c, M: RingMemory> Batch<'c, M> {
+    /// The next committed record, or `None` at the end of the batch or at a BUSY record.
+    /// Discarded records are skipped (and consumed).
+    ///
+    /// After an error the batch ends: later calls return `None`.
+    #[inline]
+    pub fn next_record(&self) -> Option<Result<&[u8], ReadError>> {
+        let consumer = &*self.consumer;
+        let end = self.end.get();
+        let mut position = self.cursor.get();
+        loop {
+            match consumer.step(position, end) {
+                Step::Record { offset, len, next } => {
+                    self.cursor.set(next);
+                    // SAFETY: `step` checked `offset + len <= 2 * size`. The record is
+                    // committed (BUSY clear, seen with Acquire), at or after consumer_pos and
+                    // before producer_pos, so nobody writes it until consumer_pos moves past
+                    // it. Only this batch moves consumer_pos, when it ends (`commit`/`drop`),
+                    // and ending takes the batch by value or `&mut`, which the borrow checker
+                    // forbids while the returned `&self`-borrowed slice lives.
+                    return Some(Ok(unsafe { consumer.memory.bytes(offset, len) }));
+                }
+                Step::Discarded(next) => {
+                    position = next;
+                    self.cursor.set(next);
+                }
+                Step::Busy => {
+                    self.stopped_at_busy.set(true);
+                    return None;
+                }
+                Step::End => return self.error.take().map(Err),
+                Step::Corrupt(error) => {
+                    self.end.set(position);
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    /// An iterator over the rest of the batch's records (see [`Batch::next_record`]).
+    pub fn iter(&self) -> BatchIter<'_, 'c, M> {
+        BatchIter { batch: self }
+    }
+
+    /// Bytes consumed so far by this batch (records, discarded records and headers).
+    pub fn consumed_bytes(&self) -> usize {
+        distance(self.start, self.cursor.get())
+    }
+
+    /// Whether the last read stopped at a record that is still BUSY (reserved).
+    pub fn stopped_at_busy(&self) -> bool {
+        self.stopped_at_busy.get()
+    }
+
+    /// The `producer_pos` this batch reads up to.
+    pub fn producer_pos(&self) -> usize {
+        self.end.get()
+    }
+
+    /// Ends the batch, publishing `consumer_pos` past every record read (dropping the batch
+    /// does the same).
+    pub fn commit(self) {}
+}
+
+impl<M: RingMemory> Drop for Batch<'_, M> {
+    fn drop(&mut self) {
+        let cursor = self.cursor.get();
+        if cursor != self.start {
+            self.consumer.publish(cursor);
+        }
+    }
+}
+
+impl<M: RingMemory> core::fmt::Debug for Batch<'_, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Batch")
+            .field("start", &self.start)
+            .field("cursor", &self.cursor.get())
+            .field("end", &self.end.get())
+            .finish()
+    }
+}
+
+/// Iterator over a [`Batch`]'s records; each borrows the batch.
+pub struct BatchIter<'b, 'c, M: RingMemory> {
+    batch: &'b Batch<'c, M>,
+}
+
+impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
+    type Item = Result<&'b [u8], ReadError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.batch.next_record()
+    }
+}
+
+impl<'b, 'c, M: RingMemory> IntoIterator for &'b Batch<'c, M> {
+    type Item = Result<&'b [u8], ReadError>;
+    type IntoIter = BatchIter<'b, 'c, M>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}

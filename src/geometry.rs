@@ -1,0 +1,123 @@
+//! Ring geometry: the data area's size, its mask, and position arithmetic.
+//!
+//! Positions (`consumer_pos`, `producer_pos`) are the kernel's `unsigned long` byte counters:
+//! they only grow, and wrap around at `usize::MAX` on a long enough run (quickly on 32-bit
+//! kernels). A position's place in the data area is `position & mask`. Two positions are only
+//! ever compared through their wrapping difference, which stays correct across the wrap as
+//! long as the true distance is below `usize::MAX / 2` — the ring size bounds it far lower.
+
+use crate::error::GeometryError;
+
+/// The largest data area the kernel creates on 64-bit systems (`RINGBUF_MAX_DATA_SZ`
+/// with 4 KiB pages is just under 64 GiB); the core only requires a power of two.
+pub const MIN_RING_SIZE: usize = 16;
+
+/// Size and mask of a ring's data area.
+///
+/// ```
+/// use bpf_ringbuf::Geometry;
+/// let geometry = Geometry::for_map(64 * 1024, 4096).unwrap();
+/// assert_eq!(geometry.mask(), 0xffff);
+/// assert_eq!(geometry.offset(usize::MAX), 0xffff);
+/// assert!(Geometry::for_map(3 * 4096, 4096).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    mask: usize,
+}
+
+impl Geometry {
+    /// Geometry of a data area of `size` bytes: a power of two of at least
+    /// [`MIN_RING_SIZE`] bytes.
+    ///
+    /// This is what the protocol itself needs; tiny rings are useful for models and tests.
+    /// Use [`Geometry::for_map`] to apply the kernel's additional page-size rule.
+    pub const fn new(size: usize) -> Result<Self, GeometryError> {
+        if !size.is_power_of_two() {
+            return Err(GeometryError::NotPowerOfTwo { size });
+        }
+        if size < MIN_RING_SIZE {
+            return Err(GeometryError::TooSmall { size });
+        }
+        Ok(Self { mask: size - 1 })
+    }
+
+    /// Geometry of a kernel ring map whose `max_entries` is `size`: the kernel requires a
+    /// power of two that is a multiple of the page size (`ringbuf_map_alloc` returns `EINVAL`
+    /// otherwise).
+    pub const fn for_map(size: usize, page_size: usize) -> Result<Self, GeometryError> {
+        if page_size == 0 || size % page_size != 0 || size == 0 {
+            return Err(GeometryError::NotPageMultiple { size, page_size });
+        }
+        Self::new(size)
+    }
+
+    /// Size of the data area in bytes.
+    #[inline]
+    pub const fn size(self) -> usize {
+        self.mask + 1
+    }
+
+    /// `size - 1`: the bits of a position that select a byte of the data area.
+    #[inline]
+    pub const fn mask(self) -> usize {
+        self.mask
+    }
+
+    /// Where `position` falls in the data area.
+    #[inline]
+    pub const fn offset(self, position: usize) -> usize {
+        position & self.mask
+    }
+}
+
+/// Bytes from position `from` forward to position `to`, correct across the wrap at
+/// `usize::MAX`.
+///
+/// ```
+/// use bpf_ringbuf::geometry::distance;
+/// assert_eq!(distance(usize::MAX - 7, 8), 16);
+/// ```
+#[inline]
+pub const fn distance(from: usize, to: usize) -> usize {
+    to.wrapping_sub(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_sizes_the_kernel_rejects() {
+        assert_eq!(
+            Geometry::for_map(4096 * 3, 4096),
+            Err(GeometryError::NotPowerOfTwo { size: 4096 * 3 })
+        );
+        assert_eq!(
+            Geometry::for_map(2048, 4096),
+            Err(GeometryError::NotPageMultiple {
+                size: 2048,
+                page_size: 4096
+            })
+        );
+        assert_eq!(
+            Geometry::for_map(0, 4096),
+            Err(GeometryError::NotPageMultiple {
+                size: 0,
+                page_size: 4096
+            })
+        );
+        assert_eq!(Geometry::new(8), Err(GeometryError::TooSmall { size: 8 }));
+        assert_eq!(Geometry::for_map(1 << 20, 4096).unwrap().size(), 1 << 20);
+    }
+
+    #[test]
+    fn offsets_wrap_with_positions() {
+        let g = Geometry::new(64).unwrap();
+        assert_eq!(g.offset(64), 0);
+        assert_eq!(g.offset(usize::MAX - 7), 56);
+        assert_eq!(g.offset((usize::MAX - 7).wrapping_add(8)), 0);
+        assert_eq!(distance(usize::MAX - 15, 16), 32);
+        assert_eq!(distance(5, 5), 0);
+    }
+}

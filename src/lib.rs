@@ -1,0 +1,77 @@
+//! The Linux BPF ring buffer protocol, both directions.
+//!
+//! `BPF_MAP_TYPE_RINGBUF` carries records from BPF programs to user space;
+//! `BPF_MAP_TYPE_USER_RINGBUF` carries them the other way. Both share one memory layout: a
+//! consumer page holding `consumer_pos`, a producer page holding `producer_pos`, and a data
+//! area of `max_entries` bytes mapped twice back to back, so records that wrap around the end
+//! are contiguous. Each record starts with an 8-byte header whose `len` word carries the BUSY
+//! and DISCARD bits. `docs/protocol.md` specifies it all.
+//!
+//! This crate is in two layers:
+//!
+//! - **The protocol core** (always available, `no_std`, no allocation, no dependencies):
+//!   [`header`], [`geometry`], and the [`Consumer`], which reads through the narrow
+//!   [`RingMemory`] abstraction. Its zero-copy [`Batch`] lends records as `&[u8]` checked by
+//!   the borrow checker — safe code, no `unsafe` for the user. Every position and header is
+//!   treated as untrusted input ([`ReadError`]).
+//! - **The Linux front end** (feature `std`, on by default): [`RingBuf`] opens a map (from any
+//!   fd, a pinned path or a map id), checks its type, maps it with the right permissions and
+//!   waits for data through epoll. The kernel calls live in the `bpf-ringbuf-sys` crate.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bpf_ringbuf::RingBuf;
+//! use std::time::Duration;
+//!
+//! let mut ring = RingBuf::from_pinned("/sys/fs/bpf/events")?;
+//! loop {
+//!     ring.wait(Some(Duration::from_secs(1)))?;
+//!     for record in &ring.batch() {
+//!         let record: &[u8] = record?;
+//!         println!("{} bytes", record.len());
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Crate features
+//!
+//! - `std` (default): the Linux front end; implies `alloc`.
+//! - `alloc`: owned-record helpers ([`Consumer::read_vec`], [`Consumer::read_owned`]) and the
+//!   heap-backed [`model`] of a ring and of the kernel's producer.
+//!
+//! With `default-features = false` the crate has no dependencies and builds for `no_std`
+//! targets.
+
+#![no_std]
+#![deny(missing_docs, unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod consumer;
+pub mod error;
+pub mod geometry;
+pub mod header;
+pub mod memory;
+#[cfg(feature = "alloc")]
+pub mod model;
+pub mod sync;
+
+#[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
+mod linux;
+
+pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness};
+pub use error::{GeometryError, ReadError};
+pub use geometry::Geometry;
+pub use header::RecordHeader;
+pub use memory::{RingMemory, RingMemoryMut};
+
+#[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
+pub use linux::*;

@@ -1,0 +1,81 @@
+use std::fmt;
+use std::io;
+
+use bpf_ringbuf_sys::{BpfError, MapType};
+
+use crate::error::GeometryError;
+
+/// Why opening, mapping or waiting on a ring failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A bpf(2) command failed (the error names the command and carries the errno).
+    Bpf(BpfError),
+    /// The map is not of the type this reader handles.
+    WrongMapType {
+        /// The type this reader needs.
+        expected: MapType,
+        /// The map's actual type.
+        found: MapType,
+    },
+    /// The map's size is not one the kernel could have created (for a ring map).
+    Geometry(GeometryError),
+    /// Mapping the ring's pages failed.
+    Map {
+        /// Which part of the ring was being mapped.
+        part: &'static str,
+        /// The error `mmap` returned.
+        source: io::Error,
+    },
+    /// Another system call failed (epoll, eventfd, dup).
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bpf(error) => error.fmt(f),
+            Self::WrongMapType { expected, found } => {
+                write!(f, "map is of type {found}, expected {expected}")
+            }
+            Self::Geometry(error) => write!(f, "invalid ring map: {error}"),
+            Self::Map { part, source } => write!(f, "mmap of the ring's {part} failed: {source}"),
+            Self::Io(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Bpf(error) => Some(error),
+            Self::Geometry(error) => Some(error),
+            Self::Map { source, .. } => Some(source),
+            Self::Io(error) => Some(error),
+            Self::WrongMapType { .. } => None,
+        }
+    }
+}
+
+impl From<BpfError> for Error {
+    fn from(error: BpfError) -> Self {
+        Self::Bpf(error)
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(errno: rustix::io::Errno) -> Self {
+        Self::Io(errno.into())
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Io(error) => error,
+            Error::Map { source, .. } => source,
+            Error::Bpf(error) => error.into(),
+            other => io::Error::new(io::ErrorKind::InvalidInput, other),
+        }
+    }
+}

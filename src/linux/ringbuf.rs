@@ -1,0 +1,191 @@
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use bpf_ringbuf_sys::{self as sys, MapType};
+use rustix::event::epoll;
+
+use super::mapping::{MapKind, RingMapping};
+use super::wait::{WaitStats, Waiter};
+use crate::consumer::{Consumer, Readiness};
+use crate::Error;
+
+/// A `BPF_MAP_TYPE_RINGBUF` map opened for reading: the kernel→user direction.
+///
+/// `RingBuf` dereferences to its [`Consumer`], so every read API is available on it:
+/// zero-copy [batches](Consumer::batch), [callbacks](Consumer::consume) with a budget, and
+/// [copies](Consumer::read_into). [`wait`](RingBuf::wait) sleeps until the kernel signals new
+/// records, without losing a wakeup and without spinning on a BUSY head record.
+///
+/// The ring is opened from any map fd (`AsFd`: a libbpf-rs or aya map works; the fd is
+/// duplicated), a pinned path, or a map id. Reading starts at the ring's current
+/// `consumer_pos`, so a pinned map reopened mid-stream continues where its last reader
+/// stopped.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bpf_ringbuf::RingBuf;
+/// use std::ops::ControlFlow;
+/// use std::time::Duration;
+///
+/// let mut ring = RingBuf::from_map_id(42)?;
+/// while ring.wait(Some(Duration::from_millis(100)))? {
+///     ring.consume(1024, |record| {
+///         println!("{record:02x?}");
+///         ControlFlow::Continue(())
+///     })?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RingBuf {
+    // Field order: the consumer (and its mapping) is dropped first, then the waiter, then
+    // the map fd — unmapping before closing.
+    consumer: Consumer<RingMapping>,
+    waiter: Waiter,
+    map: OwnedFd,
+}
+
+impl RingBuf {
+    /// Opens the RINGBUF map behind `map`, duplicating the fd.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongMapType`] if `map` is not a RINGBUF map; [`Error::Bpf`], [`Error::Map`]
+    /// or [`Error::Io`] if the kernel refuses an operation.
+    pub fn new(map: impl AsFd) -> Result<Self, Error> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(map.as_fd(), 0)?;
+        Self::from_owned_fd(fd)
+    }
+
+    /// Opens the RINGBUF map behind `map`, taking ownership of the fd.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RingBuf::new`].
+    pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
+        let info = sys::map_info(map.as_fd())?;
+        if info.map_type() != MapType::RINGBUF {
+            return Err(Error::WrongMapType {
+                expected: MapType::RINGBUF,
+                found: info.map_type(),
+            });
+        }
+        let mapping = RingMapping::new(
+            map.as_fd(),
+            info.max_entries as usize,
+            MapKind::KernelProducer,
+        )?;
+        let consumer = Consumer::new(mapping).map_err(Error::Geometry)?;
+        let waiter = Waiter::new(map.as_fd(), epoll::EventFlags::IN)?;
+        Ok(Self {
+            consumer,
+            waiter,
+            map,
+        })
+    }
+
+    /// Opens a RINGBUF map pinned in a BPF filesystem.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RingBuf::new`]; [`Error::Bpf`] (`BPF_OBJ_GET`) if nothing is pinned there.
+    pub fn from_pinned(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::from_owned_fd(sys::obj_get(path.as_ref())?)
+    }
+
+    /// Opens a RINGBUF map by its id.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RingBuf::new`]; [`Error::Bpf`] (`BPF_MAP_GET_FD_BY_ID`) if no map has this id.
+    pub fn from_map_id(id: u32) -> Result<Self, Error> {
+        Self::from_owned_fd(sys::map_get_fd_by_id(id)?)
+    }
+
+    /// The map's fd.
+    pub fn map_fd(&self) -> BorrowedFd<'_> {
+        self.map.as_fd()
+    }
+
+    /// Size of the data area in bytes (the map's `max_entries`).
+    pub fn size(&self) -> usize {
+        self.consumer.geometry().size()
+    }
+
+    /// The `pending_pos` word the kernel keeps in the producer page since Linux 6.10 (0 on
+    /// older kernels): reservations before it are all committed.
+    pub fn pending_pos(&self) -> usize {
+        self.consumer
+            .memory()
+            .producer_page_word(8)
+            .load(crate::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until a committed record can be read, or `timeout` passes (`None`: no limit).
+    /// Returns `Ok(true)` when a record (or a corrupt ring, which the next read reports) is
+    /// waiting, `Ok(false)` on timeout.
+    ///
+    /// Before each sleep it runs [`Consumer::check_before_sleep`] (full fence, then look at
+    /// the positions and the head record), so a record committed at any moment is either seen
+    /// or signalled. It sleeps in an edge-triggered `epoll_wait`, so a BUSY head record does
+    /// not make it spin: the kernel signals when that record is committed. Records committed
+    /// with `BPF_RB_NO_WAKEUP` are found only when a wait ends, by its timeout or another
+    /// wakeup.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `epoll_wait` fails.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let consumer = &self.consumer;
+        self.waiter.wait_until(timeout, || {
+            consumer.check_before_sleep() == Readiness::Readable
+        })
+    }
+
+    /// Waits up to `timeout` for the kernel to signal the map's fd, without looking at the
+    /// ring; returns whether a signal came. This observes the kernel's wakeup decisions
+    /// (`BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, adaptive); to wait for data, use
+    /// [`RingBuf::wait`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `epoll_wait` fails.
+    pub fn wait_for_signal(&mut self, timeout: Duration) -> Result<bool, Error> {
+        self.waiter.wait_for_signal(timeout)
+    }
+
+    /// Counters of this ring's waits.
+    pub fn wait_stats(&self) -> WaitStats {
+        self.waiter.stats
+    }
+
+    /// The edge-triggered epoll fd this ring sleeps on; it becomes readable when the kernel
+    /// signals the ring, so it can be nested in another event loop.
+    pub fn epoll_fd(&self) -> BorrowedFd<'_> {
+        self.waiter.epoll_fd()
+    }
+}
+
+impl Deref for RingBuf {
+    type Target = Consumer<RingMapping>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.consumer
+    }
+}
+
+impl DerefMut for RingBuf {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.consumer
+    }
+}
+
+impl AsFd for RingBuf {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.map.as_fd()
+    }
+}

@@ -1,0 +1,379 @@
+//! A heap-backed ring and a model of the kernel's producer, for tests without a kernel.
+//!
+//! [`HeapRing`] implements [`RingMemory`] over an allocation; [`KernelProducer`] follows
+//! `__bpf_ringbuf_reserve` and `bpf_ringbuf_commit` (kernel/bpf/ringbuf.c, Linux 6.10+ with
+//! `pending_pos`): reservations are serialised by a lock and handed out in order, each header
+//! is written `len | BUSY` before `producer_pos` is published with a store-release, commit and
+//! discard clear BUSY with an exchange in any order, and the wakeup decision is the kernel's.
+//! The fuzz targets and loom models reuse the same code.
+
+use crate::error::GeometryError;
+use crate::geometry::{distance, Geometry};
+use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
+use crate::memory::{RingMemory, RingMemoryMut};
+use crate::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::spin_loop;
+
+#[cfg(not(bpf_ringbuf_loom))]
+pub use heap::HeapRing;
+
+#[cfg(not(bpf_ringbuf_loom))]
+mod heap {
+    use super::*;
+    use alloc::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+    use core::ptr::NonNull;
+
+    /// A ring in ordinary heap memory: two positions and a `2 * size` data area.
+    ///
+    /// The second half of the data area stands in for the kernel's second mapping of the data
+    /// pages: a record that wraps is stored contiguously past `size`, and since every reader
+    /// and writer reaches a record from its start offset (`position & mask`), they all see the
+    /// same bytes, as with the real double mapping.
+    pub struct HeapRing {
+        consumer_pos: AtomicUsize,
+        producer_pos: AtomicUsize,
+        /// `2 * size` bytes, 8-byte aligned, zeroed at creation; accessed through atomics
+        /// (headers) and through slices the protocol hands out one owner at a time.
+        data: NonNull<u8>,
+        size: usize,
+    }
+
+    // SAFETY: the data area is shared memory in the same sense as the kernel's mapping: the
+    // protocol, not the type, decides who touches which bytes, and every access that can race
+    // (positions, headers) is atomic.
+    unsafe impl Send for HeapRing {}
+    // SAFETY: as above.
+    unsafe impl Sync for HeapRing {}
+
+    impl HeapRing {
+        /// An empty ring with a `size`-byte data area (a power of two, at least 16).
+        ///
+        /// # Errors
+        ///
+        /// [`GeometryError`] for a size the protocol cannot use.
+        pub fn new(size: usize) -> Result<Self, GeometryError> {
+            Self::starting_at(size, 0)
+        }
+
+        /// An empty ring whose positions both start at `position` (8-byte aligned), to test
+        /// what happens when positions wrap around `usize::MAX`.
+        ///
+        /// # Errors
+        ///
+        /// [`GeometryError`] for a size the protocol cannot use.
+        pub fn starting_at(size: usize, position: usize) -> Result<Self, GeometryError> {
+            let geometry = Geometry::new(size)?;
+            let layout = Layout::from_size_align(2 * geometry.size(), 8)
+                .map_err(|_| GeometryError::NotPowerOfTwo { size })?;
+            // SAFETY: the layout has a non-zero size (size >= 16).
+            let data = unsafe { alloc_zeroed(layout) };
+            let Some(data) = NonNull::new(data) else {
+                handle_alloc_error(layout)
+            };
+            Ok(Self {
+                consumer_pos: AtomicUsize::new(position),
+                producer_pos: AtomicUsize::new(position),
+                data,
+                size: geometry.size(),
+            })
+        }
+
+        /// A ring holding arbitrary bytes and positions, as a hostile or corrupted ring might:
+        /// `data` is repeated over the data area and mirrored into its second half.
+        ///
+        /// # Errors
+        ///
+        /// [`GeometryError`] for a size the protocol cannot use.
+        pub fn from_parts(
+            size: usize,
+            data: &[u8],
+            consumer_pos: usize,
+            producer_pos: usize,
+        ) -> Result<Self, GeometryError> {
+            let ring = Self::new(size)?;
+            if !data.is_empty() {
+                // SAFETY: the whole data area is in bounds, and nobody else can reach the
+                // ring yet.
+                let bytes = unsafe { ring.bytes_mut(0, 2 * size) };
+                for (i, byte) in bytes.iter_mut().enumerate() {
+                    *byte = data[(i % size) % data.len()];
+                }
+            }
+            ring.consumer_pos.store(consumer_pos, Ordering::Relaxed);
+            ring.producer_pos.store(producer_pos, Ordering::Relaxed);
+            Ok(ring)
+        }
+
+        fn layout(&self) -> Layout {
+            // Cannot fail: the same layout was built in `starting_at`.
+            Layout::from_size_align(2 * self.size, 8).expect("layout checked at creation")
+        }
+
+        fn check(&self, offset: usize, len: usize) {
+            assert!(
+                offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= 2 * self.size),
+                "HeapRing access {offset}+{len} outside its data area"
+            );
+        }
+    }
+
+    impl Drop for HeapRing {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `starting_at` with this layout, freed once.
+            unsafe { dealloc(self.data.as_ptr(), self.layout()) }
+        }
+    }
+
+    // SAFETY: `size` is fixed and valid (checked by `Geometry::new`); the positions are fields;
+    // `header` and `bytes` address the same allocation, which lives as long as `self`;
+    // out-of-range offsets panic instead of reaching outside it.
+    unsafe impl RingMemory for HeapRing {
+        #[inline]
+        fn consumer_pos(&self) -> &AtomicUsize {
+            &self.consumer_pos
+        }
+
+        #[inline]
+        fn producer_pos(&self) -> &AtomicUsize {
+            &self.producer_pos
+        }
+
+        #[inline]
+        fn size(&self) -> usize {
+            self.size
+        }
+
+        #[inline]
+        fn header(&self, offset: usize) -> &AtomicU32 {
+            assert!(offset % 4 == 0, "misaligned header offset {offset}");
+            self.check(offset, 4);
+            // SAFETY: in bounds (checked) and 4-byte aligned (the allocation is 8-aligned);
+            // the memory lives as long as `&self`, and the protocol accesses header words only
+            // atomically while they can be shared.
+            unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+        }
+
+        #[inline]
+        unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+            self.check(offset, len);
+            // SAFETY: in bounds (checked); the caller guarantees nobody writes the range
+            // while the slice lives.
+            unsafe { core::slice::from_raw_parts(self.data.as_ptr().add(offset), len) }
+        }
+    }
+
+    // SAFETY: as for `RingMemory`; `bytes_mut` addresses the same bytes as `bytes`.
+    unsafe impl RingMemoryMut for HeapRing {
+        #[inline]
+        unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+            self.check(offset, len);
+            // SAFETY: in bounds (checked); the caller guarantees exclusive access to the range
+            // while the slice lives. The allocation is only ever reached through raw pointers.
+            unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr().add(offset), len) }
+        }
+    }
+}
+
+/// How a commit asks the kernel to notify the consumer (`BPF_RB_*` flags of
+/// `bpf_ringbuf_submit`/`_discard`/`_output`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Wakeup {
+    /// No flag: wake the consumer only if it has caught up with this record.
+    #[default]
+    Adaptive,
+    /// `BPF_RB_NO_WAKEUP`: never wake.
+    Never,
+    /// `BPF_RB_FORCE_WAKEUP`: always wake.
+    Force,
+}
+
+/// A record reserved in the ring by [`KernelProducer::reserve`], BUSY until committed or
+/// discarded.
+#[derive(Debug)]
+#[must_use = "a reservation left uncommitted blocks every record after it"]
+pub struct Reservation {
+    position: usize,
+    len: usize,
+}
+
+impl Reservation {
+    /// Ring position of the record's header.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A model of the kernel side of a RINGBUF: `bpf_ringbuf_reserve`, `_submit`, `_discard` and
+/// `_output`, with the kernel's checks, orderings and wakeup rule.
+///
+/// Several threads may use one producer, as several CPUs share a ring in the kernel.
+pub struct KernelProducer<M: RingMemoryMut> {
+    memory: M,
+    geometry: Geometry,
+    /// The ring's spinlock: serialises reservations.
+    lock: AtomicBool,
+    /// The kernel's `pending_pos` (6.10+): the oldest position that may still be BUSY.
+    /// Only read and written under `lock`.
+    pending_pos: AtomicUsize,
+    /// Number of wakeups the model decided on (`irq_work_queue` calls).
+    wakeups: AtomicUsize,
+}
+
+impl<M: RingMemoryMut> KernelProducer<M> {
+    /// A producer for the ring in `memory`, continuing from its current `producer_pos`.
+    ///
+    /// # Errors
+    ///
+    /// [`GeometryError`] if `memory.size()` is not a valid ring size.
+    pub fn new(memory: M) -> Result<Self, GeometryError> {
+        let geometry = Geometry::new(memory.size())?;
+        let pending = memory.producer_pos().load(Ordering::Relaxed);
+        Ok(Self {
+            memory,
+            geometry,
+            lock: AtomicBool::new(false),
+            pending_pos: AtomicUsize::new(pending),
+            wakeups: AtomicUsize::new(0),
+        })
+    }
+
+    /// The memory this producer writes.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// How many times a commit decided to wake the consumer.
+    pub fn wakeups(&self) -> usize {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// `bpf_ringbuf_reserve`: reserves a `len`-byte record, or `None` when the ring has no
+    /// room (or `len` is larger than the kernel allows).
+    pub fn reserve(&self, len: usize) -> Option<Reservation> {
+        if len > MAX_RECORD_LEN as usize {
+            return None;
+        }
+        let size = record_size(len);
+        if size > self.geometry.size() {
+            return None;
+        }
+        // Acquire: the kernel's smp_load_acquire(&rb->consumer_pos), pairing with the
+        // consumer's store-release: the consumer is done with the space it handed back.
+        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            spin_loop();
+        }
+        // Under the lock, producer_pos has no other writer.
+        let producer_pos = self.memory.producer_pos().load(Ordering::Relaxed);
+        let mut pending_pos = self.pending_pos.load(Ordering::Relaxed);
+        while pending_pos != producer_pos {
+            let offset = self.geometry.offset(pending_pos);
+            // Relaxed: READ_ONCE(hdr->len) in __bpf_ringbuf_reserve; only decides whether
+            // the space may be reused, never reads the payload.
+            let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Relaxed));
+            if header.is_busy() {
+                break;
+            }
+            pending_pos = pending_pos.wrapping_add(header.record_size());
+        }
+        self.pending_pos.store(pending_pos, Ordering::Relaxed);
+        let new_producer_pos = producer_pos.wrapping_add(size);
+        let mask = self.geometry.mask();
+        let reservation = if distance(consumer_pos, new_producer_pos) > mask
+            || distance(pending_pos, new_producer_pos) > mask
+        {
+            None
+        } else {
+            let offset = self.geometry.offset(producer_pos);
+            // The payload length fits in 30 bits: checked against MAX_RECORD_LEN above.
+            let header = RecordHeader::busy(len as u32);
+            self.memory
+                .header(offset)
+                .store(header.raw(), Ordering::Relaxed);
+            // Release: smp_store_release(&rb->producer_pos); pairs with the consumer's
+            // load-acquire, which then sees the BUSY header written above.
+            self.memory
+                .producer_pos()
+                .store(new_producer_pos, Ordering::Release);
+            Some(Reservation {
+                position: producer_pos,
+                len,
+            })
+        };
+        self.lock.store(false, Ordering::Release);
+        reservation
+    }
+
+    /// The payload of a reservation, to fill before committing it.
+    pub fn payload<'a>(&'a self, reservation: &'a mut Reservation) -> &'a mut [u8] {
+        let offset = self.geometry.offset(reservation.position) + HEADER_SIZE;
+        // SAFETY: the record lies inside the ring (`record_size <= size` at reserve), so
+        // `offset + len <= 2 * size`. The space was reserved for this `Reservation` alone and
+        // nobody reads it while it is BUSY; `&mut Reservation` makes the borrow exclusive.
+        unsafe { self.memory.bytes_mut(offset, reservation.len) }
+    }
+
+    /// `bpf_ringbuf_submit`: commits the record; returns whether the consumer was woken.
+    pub fn submit(&self, reservation: Reservation, wakeup: Wakeup) -> bool {
+        self.commit(reservation, wakeup, false)
+    }
+
+    /// `bpf_ringbuf_discard`: commits the record as discarded; returns whether the consumer
+    /// was woken.
+    pub fn discard(&self, reservation: Reservation, wakeup: Wakeup) -> bool {
+        self.commit(reservation, wakeup, true)
+    }
+
+    /// `bpf_ringbuf_output`: reserve, copy, submit. `None` when the ring has no room.
+    pub fn output(&self, data: &[u8], wakeup: Wakeup) -> Option<bool> {
+        let mut reservation = self.reserve(data.len())?;
+        self.payload(&mut reservation).copy_from_slice(data);
+        Some(self.submit(reservation, wakeup))
+    }
+
+    fn commit(&self, reservation: Reservation, wakeup: Wakeup, discard: bool) -> bool {
+        let offset = self.geometry.offset(reservation.position);
+        let len = reservation.len as u32;
+        let header = if discard {
+            RecordHeader::discarded(len)
+        } else {
+            RecordHeader::committed(len)
+        };
+        // xchg(&hdr->len, new_len): a fully ordered RMW. AcqRel publishes the payload to the
+        // consumer's load-acquire of the header; the fence makes it a full barrier against
+        // the consumer_pos load below, as the kernel's xchg is.
+        self.memory
+            .header(offset)
+            .swap(header.raw(), Ordering::AcqRel);
+        fence(Ordering::SeqCst);
+        // smp_load_acquire(&rb->consumer_pos) & rb->mask, compared with the record's offset.
+        let consumer_offset = self
+            .geometry
+            .offset(self.memory.consumer_pos().load(Ordering::Acquire));
+        let wake = match wakeup {
+            Wakeup::Force => true,
+            Wakeup::Never => false,
+            Wakeup::Adaptive => consumer_offset == offset,
+        };
+        if wake {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        wake
+    }
+}
