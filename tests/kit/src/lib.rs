@@ -361,3 +361,295 @@ pub fn pin_to_cpu(cpu: usize) {
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+impl Producer {
+    /// Runs the program `repeat` times (at least once) like [`Producer::run`], but returns
+    /// the output whatever the program returned (`retval` is that of the last run).
+    pub fn try_run(&self, repeat: u32) -> TestRunOutput {
+        prog_test_run(
+            self.fd.as_fd(),
+            &TestRun {
+                data_in: &self.packet,
+                repeat,
+                ..TestRun::default()
+            },
+        )
+        .expect("BPF_PROG_TEST_RUN")
+    }
+}
+
+/// Largest payload a [`VariableOutput`] emits.
+pub const VARIABLE_OUTPUT_MAX: usize = 4096;
+
+/// `retval` of a [`VariableOutput`] run whose `bpf_ringbuf_output` failed (ring full).
+pub const XDP_DROP: u32 = 1;
+
+/// A `bpf_ringbuf_output` producer whose length, flags and payload are set from user space
+/// between runs (in an array map the program reads), so one loaded program emits records
+/// of any size from 0 to [`VARIABLE_OUTPUT_MAX`].
+///
+/// Control value layout: `u32 len`, `u32` unused, `u64 flags`, then the payload bytes.
+pub struct VariableOutput {
+    producer: Producer,
+    control: OwnedFd,
+}
+
+const VARIABLE_OUTPUT_HEADER: usize = 16;
+
+impl VariableOutput {
+    /// Sets the next records' payload and commit flags.
+    pub fn set(&self, payload: &[u8], flags: u64) {
+        assert!(payload.len() <= VARIABLE_OUTPUT_MAX);
+        let mut value = vec![0u8; VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX];
+        value[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
+        value[8..16].copy_from_slice(&flags.to_ne_bytes());
+        value[VARIABLE_OUTPUT_HEADER..][..payload.len()].copy_from_slice(payload);
+        set_array_value(self.control.as_fd(), &value);
+    }
+
+    /// Emits `repeat` records of `payload` with `flags`; panics if the ring refused one.
+    pub fn emit(&self, payload: &[u8], flags: u64, repeat: u32) {
+        self.set(payload, flags);
+        self.producer.run(repeat);
+    }
+
+    /// Emits `repeat` records of `payload` with `flags`; returns whether the last
+    /// `bpf_ringbuf_output` succeeded (`false`: the ring had no room).
+    pub fn try_emit(&self, payload: &[u8], flags: u64, repeat: u32) -> bool {
+        self.set(payload, flags);
+        match self.producer.try_run(repeat).retval {
+            XDP_PASS => true,
+            XDP_DROP => false,
+            other => panic!("variable output program failed ({other})"),
+        }
+    }
+
+    /// The program fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.producer.fd()
+    }
+}
+
+/// A [`VariableOutput`] for `ring`.
+pub fn variable_output(ring: BorrowedFd<'_>) -> VariableOutput {
+    let control = array_map((VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX) as u32);
+    let mut p = Program::new();
+    p.extend(insn::ld_map_value(R6, control.as_fd(), 0))
+        .push(insn::ldx_mem(MemSize::W, R3, R6, 0))
+        // Bounds the length for the verifier (and refuses a bad control value).
+        .jmp_imm_label(JmpOp::JGT, R3, VARIABLE_OUTPUT_MAX as i32, "fail")
+        .push(insn::ldx_mem(MemSize::DW, R4, R6, 8))
+        .push(insn::mov64_reg(R2, R6))
+        .push(insn::alu64_imm(
+            AluOp::ADD,
+            R2,
+            VARIABLE_OUTPUT_HEADER as i32,
+        ))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::call_helper(helper::RINGBUF_OUTPUT))
+        .jmp_imm_label(JmpOp::JNE, R0, 0, "full")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("full")
+        .push(insn::mov64_imm(R0, XDP_DROP as i32))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    let fd = load_xdp(&p, None).expect("load variable output program");
+    VariableOutput {
+        producer: Producer {
+            fd,
+            packet: packet(64),
+        },
+        control,
+    }
+}
+
+/// Size of a [`selftest_sampler`] record: `struct sample { int marker; int seq; long value;
+/// char tail[16]; }` (the kernel selftest's `struct sample`, with a fixed marker and tail
+/// instead of pid and comm).
+pub const SAMPLE_LEN: usize = 32;
+/// The `marker` word of every [`selftest_sampler`] record.
+pub const SAMPLE_MARKER: u32 = 0x5a5a_5a5a;
+/// The two `u64` words of a [`selftest_sampler`] record's tail.
+pub const SAMPLE_TAIL: u64 = 0x0123_4567;
+
+/// Words of a [`selftest_sampler`]'s state map, indexes into [`SamplerState`]'s array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SamplerWord {
+    /// In: the `value` of the next sample.
+    Value = 0,
+    /// In: the flags passed to submit, output and discard.
+    Flags = 1,
+    /// Inner: the next sample's `seq`.
+    Seq = 2,
+    /// Out: samples reserved.
+    Total = 3,
+    /// Out: samples copied with `bpf_ringbuf_output` then discarded (odd `seq`).
+    Discarded = 4,
+    /// Out: failed reservations.
+    Dropped = 5,
+    /// Out: `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)` after the last sample.
+    AvailData = 6,
+    /// Out: `bpf_ringbuf_query(BPF_RB_RING_SIZE)`.
+    RingSize = 7,
+    /// Out: `bpf_ringbuf_query(BPF_RB_CONS_POS)`.
+    ConsPos = 8,
+    /// Out: `bpf_ringbuf_query(BPF_RB_PROD_POS)`.
+    ProdPos = 9,
+}
+
+const SAMPLER_WORDS: usize = 10;
+
+/// The BPF side of the kernel selftest `progs/test_ringbuf.c`, as an XDP program: each run
+/// reserves a [`SAMPLE_LEN`]-byte sample; an even `seq` is submitted, an odd one is copied
+/// with `bpf_ringbuf_output` and the reservation discarded (so two runs leave three records:
+/// submitted, copy, discarded); then it stores `bpf_ringbuf_query` results in its state.
+pub struct Sampler {
+    producer: Producer,
+    state: OwnedFd,
+}
+
+impl Sampler {
+    /// Reads the state map.
+    pub fn state(&self) -> [u64; SAMPLER_WORDS] {
+        let mut value = [0u8; SAMPLER_WORDS * 8];
+        map_lookup_elem(self.state.as_fd(), &0u32.to_ne_bytes(), &mut value)
+            .expect("lookup sampler state");
+        let mut words = [0u64; SAMPLER_WORDS];
+        for (word, bytes) in words.iter_mut().zip(value.chunks_exact(8)) {
+            *word = u64::from_ne_bytes(bytes.try_into().unwrap());
+        }
+        words
+    }
+
+    /// One word of the state.
+    pub fn get(&self, word: SamplerWord) -> u64 {
+        self.state()[word as usize]
+    }
+
+    /// Sets one word of the state.
+    pub fn set(&self, word: SamplerWord, value: u64) {
+        let mut words = self.state();
+        words[word as usize] = value;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        set_array_value(self.state.as_fd(), &bytes);
+    }
+
+    /// The selftest's `trigger_samples`: clears the counters, then one sample with value 333
+    /// and one with 777.
+    pub fn trigger_samples(&self) {
+        for word in [
+            SamplerWord::Dropped,
+            SamplerWord::Total,
+            SamplerWord::Discarded,
+        ] {
+            self.set(word, 0);
+        }
+        self.set(SamplerWord::Value, 333);
+        self.producer.run(1);
+        self.set(SamplerWord::Value, 777);
+        self.producer.run(1);
+    }
+
+    /// Runs the program once with the current state.
+    pub fn run(&self) {
+        self.producer.run(1);
+    }
+}
+
+/// Decodes a [`selftest_sampler`] record: (seq, value); checks the marker and the tail.
+pub fn sample(record: &[u8]) -> (u32, u64) {
+    assert_eq!(record.len(), SAMPLE_LEN);
+    let word = |at: usize| u64::from_ne_bytes(record[at..at + 8].try_into().unwrap());
+    assert_eq!(
+        u32::from_ne_bytes(record[..4].try_into().unwrap()),
+        SAMPLE_MARKER
+    );
+    assert_eq!((word(16), word(24)), (SAMPLE_TAIL, SAMPLE_TAIL));
+    let seq = u32::from_ne_bytes(record[4..8].try_into().unwrap());
+    (seq, word(8))
+}
+
+/// A [`Sampler`] for `ring`.
+pub fn selftest_sampler(ring: BorrowedFd<'_>) -> Sampler {
+    let state = array_map((SAMPLER_WORDS * 8) as u32);
+    let at = |word: SamplerWord| (word as usize * 8) as i16;
+    let mut p = Program::new();
+    p.extend(insn::ld_map_value(R6, state.as_fd(), 0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, SAMPLE_LEN as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "dropped")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::st_mem(MemSize::W, R7, 0, SAMPLE_MARKER as i32))
+        .push(insn::ldx_mem(MemSize::DW, R8, R6, at(SamplerWord::Seq)))
+        .push(insn::stx_mem(MemSize::W, R7, R8, 4))
+        .push(insn::mov64_reg(R1, R8))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R6, R1, at(SamplerWord::Seq)))
+        .push(insn::ldx_mem(MemSize::DW, R1, R6, at(SamplerWord::Value)))
+        .push(insn::stx_mem(MemSize::DW, R7, R1, 8))
+        .push(insn::st_mem(MemSize::DW, R7, 16, SAMPLE_TAIL as i32))
+        .push(insn::st_mem(MemSize::DW, R7, 24, SAMPLE_TAIL as i32))
+        .push(insn::ldx_mem(MemSize::DW, R1, R6, at(SamplerWord::Total)))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R6, R1, at(SamplerWord::Total)))
+        .jmp_imm_label(JmpOp::JSET, R8, 1, "odd")
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::ldx_mem(MemSize::DW, R2, R6, at(SamplerWord::Flags)))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .ja_label("query")
+        .label("odd")
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_reg(R2, R7))
+        .push(insn::mov64_imm(R3, SAMPLE_LEN as i32))
+        .push(insn::ldx_mem(MemSize::DW, R4, R6, at(SamplerWord::Flags)))
+        .push(insn::call_helper(helper::RINGBUF_OUTPUT))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::ldx_mem(MemSize::DW, R2, R6, at(SamplerWord::Flags)))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::ldx_mem(
+            MemSize::DW,
+            R1,
+            R6,
+            at(SamplerWord::Discarded),
+        ))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(
+            MemSize::DW,
+            R6,
+            R1,
+            at(SamplerWord::Discarded),
+        ))
+        .label("query");
+    for (selector, word) in [
+        (helper::RB_AVAIL_DATA, SamplerWord::AvailData),
+        (helper::RB_RING_SIZE, SamplerWord::RingSize),
+        (helper::RB_CONS_POS, SamplerWord::ConsPos),
+        (helper::RB_PROD_POS, SamplerWord::ProdPos),
+    ] {
+        p.extend(insn::ld_map_fd(R1, ring))
+            .push(insn::mov64_imm(R2, selector))
+            .push(insn::call_helper(helper::RINGBUF_QUERY))
+            .push(insn::stx_mem(MemSize::DW, R6, R0, at(word)));
+    }
+    p.push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("dropped")
+        .push(insn::ldx_mem(MemSize::DW, R1, R6, at(SamplerWord::Dropped)))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R6, R1, at(SamplerWord::Dropped)))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit());
+    Sampler {
+        producer: Producer {
+            fd: load_xdp(&p, None).expect("load selftest sampler"),
+            packet: packet(64),
+        },
+        state,
+    }
+}
