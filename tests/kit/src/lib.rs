@@ -475,7 +475,7 @@ pub const SAMPLE_MARKER: u32 = 0x5a5a_5a5a;
 /// The two `u64` words of a [`selftest_sampler`] record's tail.
 pub const SAMPLE_TAIL: u64 = 0x0123_4567;
 
-/// Words of a [`selftest_sampler`]'s state map, indexes into [`SamplerState`]'s array.
+/// Words of a [`selftest_sampler`]'s state map (indexes into [`Sampler::state`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub enum SamplerWord {
