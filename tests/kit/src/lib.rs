@@ -653,3 +653,63 @@ pub fn selftest_sampler(ring: BorrowedFd<'_>) -> Sampler {
         state,
     }
 }
+
+/// What a [`double_reserve`] run did, from its `retval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoubleReserve {
+    /// The first reservation failed.
+    FirstRefused,
+    /// The first reservation succeeded, the second failed; the first was discarded.
+    SecondRefused,
+    /// Both reservations succeeded (both were discarded).
+    BothGranted,
+}
+
+/// The BPF side of the kernel selftest `progs/test_ringbuf_write.c`: reserves `size` bytes
+/// twice, then discards what it got. Run it with [`run_double_reserve`].
+pub fn double_reserve(ring: BorrowedFd<'_>, size: u32) -> Producer {
+    let mut p = Program::new();
+    p.extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, size as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "first_refused")
+        .push(insn::mov64_reg(R6, R0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, size as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "second_refused")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, 2))
+        .push(insn::exit())
+        .label("second_refused")
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit())
+        .label("first_refused")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    Producer {
+        fd: load_xdp(&p, None).expect("load double reserve program"),
+        packet: packet(64),
+    }
+}
+
+/// Runs a [`double_reserve`] program once and decodes what it did.
+pub fn run_double_reserve(producer: &Producer) -> DoubleReserve {
+    match producer.try_run(1).retval {
+        0 => DoubleReserve::FirstRefused,
+        1 => DoubleReserve::SecondRefused,
+        2 => DoubleReserve::BothGranted,
+        other => panic!("double reserve program returned {other}"),
+    }
+}
