@@ -747,11 +747,11 @@ fn force_wakeup_signals_even_when_the_consumer_is_behind() {
     assert!(ring.wait_for_signal(SIGNAL).unwrap());
     out.emit(b"d", kit::FORCE_WAKEUP, 1);
     assert!(ring.wait_for_signal(SIGNAL).unwrap());
-    // NO_WAKEUP wins over a caught-up consumer.
     assert_eq!(
         drain(&mut ring),
         [b"a", b"b", b"c", b"d"].map(|r| r.to_vec())
     );
+    // NO_WAKEUP wins over a caught-up consumer.
     out.emit(b"e", kit::NO_WAKEUP, 1);
     assert!(!ring.wait_for_signal(NO_SIGNAL).unwrap());
     assert_eq!(drain(&mut ring), [b"e".to_vec()]);
