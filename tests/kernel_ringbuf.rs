@@ -1219,9 +1219,8 @@ fn hostile_consumer_pos(
     let producer_pos = ring.positions().producer;
 
     let skipped = ring.resync();
-    if distance(bad, producer_pos) <= ring.size() {
-        assert_eq!(skipped, distance(bad, producer_pos));
-    }
+    // Never more than the ring holds (a corrupt consumer_pos may be anywhere).
+    assert_eq!(skipped, distance(bad, producer_pos).min(ring.size()));
     assert_eq!(page.load(), producer_pos);
     assert_eq!(ring.available(), Ok(0));
     emit_numbered(&out, 100..104);
