@@ -62,6 +62,7 @@ pub mod header;
 pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod model;
+pub mod producer;
 pub mod sync;
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
@@ -72,6 +73,7 @@ pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;
 pub use memory::{RingMemory, RingMemoryMut};
+pub use producer::{Producer, Reservation, ReserveError};
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 pub use linux::*;
