@@ -433,7 +433,10 @@ impl core::fmt::Display for DrainError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
             Self::MisalignedProducerPos { producer_pos } => {
-                write!(f, "EINVAL: producer_pos {producer_pos:#x} is not 8-byte aligned")
+                write!(
+                    f,
+                    "EINVAL: producer_pos {producer_pos:#x} is not 8-byte aligned"
+                )
             }
             Self::SampleOutOfBounds {
                 position,
@@ -637,8 +640,9 @@ impl<M: RingMemory> KernelDrain<M> {
         let consumer_pos = self.memory.consumer_pos().load(Ordering::Relaxed);
         // Release: smp_store_release(&rb->consumer_pos, ...), pairs with the producer's
         // load-acquire: the callback has finished reading the sample.
-        self.memory
-            .consumer_pos()
-            .store(consumer_pos.wrapping_add(record_size(len)), Ordering::Release);
+        self.memory.consumer_pos().store(
+            consumer_pos.wrapping_add(record_size(len)),
+            Ordering::Release,
+        );
     }
 }

@@ -446,7 +446,11 @@ impl<M: RingMemoryMut> Deref for Reservation<'_, M> {
 impl<M: RingMemoryMut> DerefMut for Reservation<'_, M> {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`; `&mut self` makes this the only live view of the payload.
-        unsafe { self.producer.memory.bytes_mut(self.payload_offset(), self.len) }
+        unsafe {
+            self.producer
+                .memory
+                .bytes_mut(self.payload_offset(), self.len)
+        }
     }
 }
 

@@ -25,7 +25,9 @@ struct ProducerClaim {
 
 impl ProducerClaim {
     fn new(map_id: u32) -> Result<Self, Error> {
-        let mut producing = PRODUCING.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut producing = PRODUCING
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if producing.contains(&map_id) {
             return Err(Error::ProducerExists { map_id });
         }
@@ -36,7 +38,9 @@ impl ProducerClaim {
 
 impl Drop for ProducerClaim {
     fn drop(&mut self) {
-        let mut producing = PRODUCING.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut producing = PRODUCING
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         producing.retain(|&id| id != self.map_id);
     }
 }
@@ -179,29 +183,29 @@ impl UserRingBuf {
     ) -> Result<Reservation<'_, RingMapping>, Error> {
         let producer = &self.producer;
         let mut outcome = None;
-        let ready = self
-            .waiter
-            .borrow_mut()
-            .wait_until(timeout, || match producer.reserve(len) {
-                Err(ReserveError::NoSpace { needed, .. }) => {
-                    match producer.check_before_sleep() {
-                        // Space was freed between the two looks: try again now.
-                        Ok(available) if available >= needed => {
-                            outcome = Some(producer.reserve(len));
-                            !matches!(outcome, Some(Err(ReserveError::NoSpace { .. })))
-                        }
-                        Ok(_) => false,
-                        Err(error) => {
-                            outcome = Some(Err(error));
-                            true
+        let ready =
+            self.waiter
+                .borrow_mut()
+                .wait_until(timeout, || match producer.reserve(len) {
+                    Err(ReserveError::NoSpace { needed, .. }) => {
+                        match producer.check_before_sleep() {
+                            // Space was freed between the two looks: try again now.
+                            Ok(available) if available >= needed => {
+                                outcome = Some(producer.reserve(len));
+                                !matches!(outcome, Some(Err(ReserveError::NoSpace { .. })))
+                            }
+                            Ok(_) => false,
+                            Err(error) => {
+                                outcome = Some(Err(error));
+                                true
+                            }
                         }
                     }
-                }
-                other => {
-                    outcome = Some(other);
-                    true
-                }
-            })?;
+                    other => {
+                        outcome = Some(other);
+                        true
+                    }
+                })?;
         match outcome {
             Some(result) if ready => Ok(result?),
             // Timed out: one last look, as the time may have run out just as space was freed.
