@@ -428,17 +428,115 @@ fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
         Err(Error::Reserve(ReserveError::TooLarge { .. }))
     ));
 
+    let before = ring.wait_stats();
     let kick = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         drainer.drain()
     });
+    let long = Duration::from_secs(10);
+    let started = Instant::now();
     let token = ring
-        .reserve_timeout(8, Some(Duration::from_secs(10)))
+        .reserve_timeout(8, Some(long))
         .expect("space after the drain");
+    // It returned before its timeout: the kernel's wakeup after the drain ended the sleep.
+    assert!(started.elapsed() < long);
     assert_eq!(kick.join().unwrap(), written);
     token.discard();
-    let stats = ring.wait_stats();
-    assert!(stats.wakeups >= 1, "{stats:?}");
+    let after = ring.wait_stats();
+    assert!(after.wakeups > before.wakeups, "{before:?} {after:?}");
+}
+
+#[test]
+fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
+    require_kernel!();
+    let map = kit::user_ringbuf_map(4096);
+    let ring = UserRingBuf::new(&map).unwrap();
+    let silent = kit::user_ringbuf_drain(map.as_fd(), kit::NO_WAKEUP);
+    while ring.reserve(8).map(|token| token.submit()).is_ok() {}
+    // Consume the event epoll reports for the initially writable fd.
+    assert!(ring
+        .reserve_timeout(8, Some(Duration::from_millis(50)))
+        .is_err());
+    let before = ring.wait_stats();
+    let kick = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        silent.drain()
+    });
+    let timeout = Duration::from_millis(400);
+    let started = Instant::now();
+    let token = ring
+        .reserve_timeout(8, Some(timeout))
+        .expect("the last attempt at the timeout finds the space");
+    assert!(
+        started.elapsed() >= timeout,
+        "BPF_RB_NO_WAKEUP must not wake the producer"
+    );
+    assert_eq!(kick.join().unwrap(), 4096 / 16);
+    assert_eq!(ring.wait_stats().wakeups, before.wakeups);
+    token.submit();
+}
+
+#[test]
+fn a_held_reservation_holds_back_later_samples_until_committed() {
+    require_kernel!();
+    let mut forward = Forward::new(4096, 16384, 64);
+    let ring = UserRingBuf::new(&forward.user_map).unwrap();
+    let mut first = ring.reserve(10).unwrap();
+    let mut second = ring.reserve(20).unwrap();
+    ring.output(b"third").unwrap();
+    first.copy_from_slice(&[1; 10]);
+    second.copy_from_slice(&[2; 20]);
+    second.submit();
+    // BUSY at the head: the kernel stops there, without error, and consumes nothing.
+    let (drained, out) = forward.drain();
+    assert_eq!((drained, out.len()), (0, 0));
+    assert_eq!(ring.positions().consumer, 0);
+    first.submit();
+    let (drained, out) = forward.drain();
+    assert_eq!(drained, 3);
+    assert_eq!(out, [vec![1; 10], vec![2; 20], b"third".to_vec()]);
+    // A discarded head releases the rest too.
+    let head = ring.reserve(4).unwrap();
+    ring.output(b"after").unwrap();
+    assert_eq!(forward.drain().0, 0);
+    drop(head);
+    let (drained, out) = forward.drain();
+    assert_eq!(drained, 1);
+    assert_eq!(out, [b"after".to_vec()]);
+}
+
+#[test]
+fn opens_from_a_pinned_path() {
+    require_kernel!();
+    let map = kit::user_ringbuf_map(4096);
+    // A private BPF filesystem, so the test neither needs nor touches /sys/fs/bpf.
+    let dir = std::env::temp_dir().join(format!("bpf-ringbuf-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&dir)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount -t bpf failed");
+    let pin = dir.join("user_ring");
+    let result = std::panic::catch_unwind(|| {
+        bpf_ringbuf::sys::obj_pin(map.as_fd(), &pin).unwrap();
+        let ring = UserRingBuf::from_pinned(&pin).unwrap();
+        ring.output(b"via the pin").unwrap();
+        assert_eq!(ring.positions().producer, 24);
+        assert_eq!(kit::user_ringbuf_drain(map.as_fd(), 0).drain(), 1);
+        assert!(matches!(
+            UserRingBuf::from_pinned(dir.join("missing")),
+            Err(Error::Bpf(_))
+        ));
+    });
+    let _ = std::fs::remove_file(&pin);
+    let unmounted = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(unmounted.is_ok_and(|status| status.success()));
 }
 
 #[test]
