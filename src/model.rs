@@ -416,15 +416,25 @@ pub enum DrainError {
     },
     /// `-EBUSY`: another drain of the same ring is running.
     Busy,
+    /// `consumer_pos` is not 8-byte aligned. The kernel has no such error because its
+    /// `consumer_pos` cannot be misaligned (only the drain writes it, by whole records from 0);
+    /// the model's memory can be written by anyone, so it reports this (as `-EINVAL`) rather
+    /// than reading a misaligned header.
+    MisalignedConsumerPos {
+        /// The consumer position found in the ring.
+        consumer_pos: usize,
+    },
 }
 
 impl DrainError {
     /// The positive errno the kernel returns (negated) for this error.
     pub fn errno(self) -> i32 {
         match self {
-            Self::MisalignedProducerPos { .. } | Self::SampleOutOfBounds { .. } => 22, // EINVAL
-            Self::SampleTooLarge { .. } => 7,                                          // E2BIG
-            Self::Busy => 16,                                                          // EBUSY
+            Self::MisalignedProducerPos { .. }
+            | Self::SampleOutOfBounds { .. }
+            | Self::MisalignedConsumerPos { .. } => 22, // EINVAL
+            Self::SampleTooLarge { .. } => 7, // E2BIG
+            Self::Busy => 16,                 // EBUSY
         }
     }
 }
@@ -453,6 +463,10 @@ impl core::fmt::Display for DrainError {
                 "E2BIG: sample at {position:#x} (header {header:#010x}) is too large"
             ),
             Self::Busy => write!(f, "EBUSY: another drain is running"),
+            Self::MisalignedConsumerPos { consumer_pos } => write!(
+                f,
+                "corrupt ring: consumer_pos {consumer_pos:#x} is not 8-byte aligned"
+            ),
         }
     }
 }
@@ -592,6 +606,9 @@ impl<M: RingMemory> KernelDrain<M> {
         // The kernel: `cons_pos >= prod_pos` on raw u64 values (see the type's docs).
         if available == 0 || available > usize::MAX / 2 {
             return Ok(Peek::NoData);
+        }
+        if consumer_pos % 8 != 0 {
+            return Err(DrainError::MisalignedConsumerPos { consumer_pos });
         }
         let offset = self.geometry.offset(consumer_pos);
         // Acquire: smp_load_acquire(hdr), pairs with the producer's release exchange at

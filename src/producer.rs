@@ -345,9 +345,13 @@ impl<M: RingMemoryMut> Producer<M> {
     ///
     /// As for [`Producer::free_space`].
     pub fn check_before_sleep(&self) -> Result<usize, ReserveError> {
-        // SeqCst fence: orders our earlier loads of consumer_pos against arming the wait; the
-        // kernel stores consumer_pos (smp_store_release in __bpf_user_ringbuf_sample_release)
-        // before smp_mb__before_atomic() and the irq_work that wakes the map's waiters.
+        // SeqCst fence before the fresh look. What makes the wait lost-wakeup safe is that the
+        // map fd is registered with epoll before the first check: the kernel stores
+        // consumer_pos (smp_store_release in __bpf_user_ringbuf_sample_release), then, after
+        // smp_mb__before_atomic(), queues the irq_work that wakes the fd's waiters; a drain
+        // that frees space after this look leaves an event for the next epoll_wait, and one
+        // that freed it before is visible to the Acquire load below. The fence is the cheap
+        // belt to that: no load of this look is satisfied ahead of our last producer_pos store.
         fence(Ordering::SeqCst);
         self.free_space()
     }

@@ -299,6 +299,13 @@ fn drain_model_checks_in_the_kernel_order() {
     assert_eq!((result, consumer), (Ok(0), 0));
     // Nothing produced.
     assert_eq!(drain_of(64, 64, 0), (Ok(0), 64));
+    // A misaligned consumer_pos (impossible in the kernel) is reported, not read through.
+    let (result, consumer) = drain_of(4, 64, 8);
+    assert_eq!(
+        result,
+        Err(DrainError::MisalignedConsumerPos { consumer_pos: 4 })
+    );
+    assert_eq!(consumer, 4);
 
     // Larger than a dynptr: E2BIG, in a ring big enough to hold it.
     let big = 1 << 25;
