@@ -19,6 +19,7 @@
 //! failure named above (the negative controls to wire into `SyncPoint`).
 #![cfg(bpf_ringbuf_loom)]
 
+#[rustfmt::skip]
 mod loom_common;
 
 use std::ops::ControlFlow;
