@@ -151,15 +151,17 @@ impl core::error::Error for ReserveError {}
 /// side assumes a single user-space producer; libbpf's is not thread-safe either). It is
 /// `Send` when its memory is.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// fn shared_between_threads<T: Sync>() {}
 /// shared_between_threads::<bpf_ringbuf::Producer<bpf_ringbuf::model::HeapRing>>();
 /// ```
 ///
 /// One `Producer` per ring: a second one (in this or another process) is detected at the
 /// next reservation ([`ReserveError::ProducerPosMoved`]), but two producers racing on the
-/// same memory can corrupt each other's records before that. The Linux front end refuses to
-/// open a second producer for the same map in one process.
+/// same memory can hand out the same space before that (within one process: two `&mut [u8]`
+/// to the same bytes). Do not build two over one ring; the Linux front end refuses to open a
+/// second producer for the same map in one process
+/// (`Error::ProducerExists`).
 pub struct Producer<M: RingMemoryMut> {
     memory: M,
     geometry: Geometry,
