@@ -649,3 +649,60 @@ fn kernel_and_model_drain_the_same_sequence_alike() {
         assert_eq!(ring.positions(), model.positions(), "step {step}");
     }
 }
+
+#[test]
+fn wakeups_follow_the_drain_flags_when_nothing_is_drained() {
+    require_kernel!();
+    let map = kit::user_ringbuf_map(4096);
+    let ring = UserRingBuf::new(&map).unwrap();
+    // A BUSY head: drains visit no sample. 64 bytes stay free: the fd is writable (the
+    // kernel's poll wants any free byte), but a 100-byte sample (112 bytes) does not fit.
+    let head = ring.reserve(8).unwrap();
+    while ring.free_space().unwrap() > 64 {
+        ring.reserve(8).unwrap().submit();
+    }
+    // Consume the event epoll reports for the initially writable fd.
+    assert!(ring
+        .reserve_timeout(100, Some(Duration::from_millis(20)))
+        .is_err());
+
+    for (flags, woken) in [
+        (0, false),
+        (kit::NO_WAKEUP, false),
+        (kit::FORCE_WAKEUP, true),
+    ] {
+        let drainer = kit::user_ringbuf_drain(map.as_fd(), flags);
+        let before = ring.wait_stats();
+        let kick = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drainer.drain()
+        });
+        let result = ring.reserve_timeout(100, Some(Duration::from_millis(300)));
+        assert!(
+            matches!(
+                result,
+                Err(Error::Reserve(ReserveError::NoSpace {
+                    needed: 112,
+                    available: 64
+                }))
+            ),
+            "{result:?}"
+        );
+        assert_eq!(kick.join().unwrap(), 0, "the BUSY head blocks the drain");
+        let after = ring.wait_stats();
+        // Woken only by BPF_RB_FORCE_WAKEUP (no sample was drained); the wakeup found too
+        // little space, so it was spurious and the wait went on to its timeout.
+        assert_eq!(
+            after.wakeups > before.wakeups,
+            woken,
+            "flags {flags}: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            after.spurious_wakeups - before.spurious_wakeups,
+            after.wakeups - before.wakeups
+        );
+    }
+    head.submit();
+    let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
+    assert_eq!(drainer.drain(), (4096 - 64) / 16);
+}
