@@ -510,33 +510,18 @@ fn opens_from_a_pinned_path() {
     require_kernel!();
     let map = kit::user_ringbuf_map(4096);
     // A private BPF filesystem, so the test neither needs nor touches /sys/fs/bpf.
-    let dir = std::env::temp_dir().join(format!("bpf-ringbuf-user-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&dir)
-        .status()
-        .expect("run mount");
-    assert!(mounted.success(), "mount -t bpf failed");
-    let pin = dir.join("user_ring");
-    let result = std::panic::catch_unwind(|| {
-        bpf_ringbuf::sys::obj_pin(map.as_fd(), &pin).unwrap();
-        let ring = UserRingBuf::from_pinned(&pin).unwrap();
-        ring.output(b"via the pin").unwrap();
-        assert_eq!(ring.positions().producer, 24);
-        assert_eq!(kit::user_ringbuf_drain(map.as_fd(), 0).drain(), 1);
-        assert!(matches!(
-            UserRingBuf::from_pinned(dir.join("missing")),
-            Err(Error::Bpf(_))
-        ));
-    });
-    let _ = std::fs::remove_file(&pin);
-    let unmounted = std::process::Command::new("umount").arg(&dir).status();
-    let _ = std::fs::remove_dir(&dir);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(unmounted.is_ok_and(|status| status.success()));
+    let bpffs = kit::PrivateBpffs::new().expect("mount a private bpffs");
+    let pin = bpffs.path().join("user_ring");
+    bpf_ringbuf::sys::obj_pin(map.as_fd(), &pin).unwrap();
+    let ring = UserRingBuf::from_pinned(&pin).unwrap();
+    ring.output(b"via the pin").unwrap();
+    assert_eq!(ring.positions().producer, 24);
+    assert_eq!(kit::user_ringbuf_drain(map.as_fd(), 0).drain(), 1);
+    assert!(matches!(
+        UserRingBuf::from_pinned(bpffs.path().join("missing")),
+        Err(Error::Bpf(_))
+    ));
+    std::fs::remove_file(&pin).unwrap();
 }
 
 #[test]

@@ -615,3 +615,43 @@ impl RawUserRing {
             .store(u64::from(len), std::sync::atomic::Ordering::Release);
     }
 }
+
+/// A private BPF filesystem mounted on a fresh temporary directory, for tests that pin
+/// objects; unmounted (and the directory removed) on drop. Needs `CAP_SYS_ADMIN`; uses the
+/// mount(2) system call, so no `mount` binary is needed.
+pub struct PrivateBpffs {
+    dir: std::path::PathBuf,
+}
+
+impl PrivateBpffs {
+    /// Mounts a new bpffs instance on a new directory under the system's temporary directory.
+    pub fn new() -> Result<Self, rustix::io::Errno> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bpf-ringbuf-bpffs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|_| rustix::io::Errno::IO)?;
+        if let Err(errno) =
+            rustix::mount::mount("bpf", &dir, "bpf", rustix::mount::MountFlags::empty(), None)
+        {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(errno);
+        }
+        Ok(PrivateBpffs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        // Detach even if a pin is still open elsewhere; the pins go with the instance.
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
