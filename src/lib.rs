@@ -5,7 +5,7 @@
 //! consumer page holding `consumer_pos`, a producer page holding `producer_pos`, and a data
 //! area of `max_entries` bytes mapped twice back to back, so records that wrap around the end
 //! are contiguous. Each record starts with an 8-byte header whose `len` word carries the BUSY
-//! and DISCARD bits. `docs/protocol.md` specifies it all.
+//! and DISCARD bits. [`guide::protocol`] specifies it all.
 //!
 //! This crate is in two layers:
 //!
@@ -62,7 +62,19 @@ pub mod header;
 pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod model;
+#[cfg(not(bpf_ringbuf_loom))]
+pub mod raw;
 pub mod sync;
+
+/// Guides that ship with the crate; their code blocks run as doctests.
+pub mod guide {
+    #[doc = include_str!("../docs/protocol.md")]
+    pub mod protocol {}
+    #[doc = include_str!("../docs/design.md")]
+    pub mod design {}
+    #[doc = include_str!("../docs/vendoring.md")]
+    pub mod vendoring {}
+}
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 mod linux;
@@ -72,6 +84,8 @@ pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;
 pub use memory::{RingMemory, RingMemoryMut};
+#[cfg(not(bpf_ringbuf_loom))]
+pub use raw::RawRingMemory;
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 pub use linux::*;
