@@ -36,6 +36,14 @@
 //! # }
 //! ```
 //!
+//! # Guides
+//!
+//! - [`guide::protocol`]: the protocol as a specification, with the kernel code each rule
+//!   pairs with.
+//! - [`guide::design`]: how the crate is built and where its guarantees end.
+//! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
+//!   already hold; the stability promise and MSRV (Rust 1.81).
+//!
 //! # Crate features
 //!
 //! - `std` (default): the Linux front end; implies `alloc`.
