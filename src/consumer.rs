@@ -593,6 +593,12 @@ pub struct BatchIter<'b, 'c, M: RingMemory> {
     batch: &'b Batch<'c, M>,
 }
 
+impl<M: RingMemory> core::fmt::Debug for BatchIter<'_, '_, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("BatchIter").field(self.batch).finish()
+    }
+}
+
 impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
     type Item = Result<&'b [u8], ReadError>;
 

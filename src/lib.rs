@@ -5,7 +5,7 @@
 //! consumer page holding `consumer_pos`, a producer page holding `producer_pos`, and a data
 //! area of `max_entries` bytes mapped twice back to back, so records that wrap around the end
 //! are contiguous. Each record starts with an 8-byte header whose `len` word carries the BUSY
-//! and DISCARD bits. `docs/protocol.md` specifies it all.
+//! and DISCARD bits. [`guide::protocol`] specifies it all.
 //!
 //! This crate is in two layers:
 //!
@@ -62,6 +62,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Guides
+//!
+//! - [`guide::protocol`]: the protocol as a specification, with the kernel code each rule
+//!   pairs with.
+//! - [`guide::design`]: how the crate is built and where its guarantees end.
+//! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
+//!   already hold; the stability promise and MSRV (Rust 1.81).
+//!
 //! # Crate features
 //!
 //! - `std` (default): the Linux front end; implies `alloc`.
@@ -74,7 +82,7 @@
 #![no_std]
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -89,7 +97,19 @@ pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod model;
 pub mod producer;
+#[cfg(not(bpf_ringbuf_loom))]
+pub mod raw;
 pub mod sync;
+
+/// Guides that ship with the crate; their code blocks run as doctests.
+pub mod guide {
+    #[doc = include_str!("../docs/protocol.md")]
+    pub mod protocol {}
+    #[doc = include_str!("../docs/design.md")]
+    pub mod design {}
+    #[doc = include_str!("../docs/vendoring.md")]
+    pub mod vendoring {}
+}
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 mod linux;
@@ -100,6 +120,8 @@ pub use geometry::Geometry;
 pub use header::RecordHeader;
 pub use memory::{RingMemory, RingMemoryMut};
 pub use producer::{Producer, Reservation, ReserveError};
+#[cfg(not(bpf_ringbuf_loom))]
+pub use raw::RawRingMemory;
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 pub use linux::*;
