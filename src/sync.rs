@@ -52,6 +52,12 @@ mod weaken {
         KernelCommit,
         /// The kernel model's `pending_pos` check at reserve (left out).
         KernelPendingPos,
+        /// The USER_RINGBUF producer's load-acquire of `consumer_pos` at reserve.
+        UserConsumerPosLoad,
+        /// The USER_RINGBUF producer's store-release of `producer_pos` at reserve.
+        UserProducerPosPublish,
+        /// The USER_RINGBUF producer's exchange of the header at commit (made `Relaxed`).
+        UserCommit,
     }
 }
 
