@@ -16,8 +16,10 @@ use crate::error::GeometryError;
 use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
 use crate::memory::{RingMemory, RingMemoryMut};
-use crate::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use crate::sync::{ordering, spin_loop, weakened, SyncPoint};
+// `AtomicU32` is used only by `HeapRing`, which loom builds leave out.
+#[cfg_attr(bpf_ringbuf_loom, allow(unused_imports))]
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{fence_at, ordering, spin_loop, weakened, SyncPoint};
 
 #[cfg(not(bpf_ringbuf_loom))]
 pub use heap::HeapRing;
@@ -369,7 +371,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             header.raw(),
             ordering(SyncPoint::KernelCommit, Ordering::AcqRel),
         );
-        fence(Ordering::SeqCst);
+        fence_at(SyncPoint::KernelCommitFence, Ordering::SeqCst);
         // smp_load_acquire(&rb->consumer_pos) & rb->mask, compared with the record's offset.
         let consumer_offset = self
             .geometry

@@ -50,6 +50,9 @@ mod weaken {
         SleepFence,
         /// The kernel model's `xchg` of the header at commit (made `Relaxed`).
         KernelCommit,
+        /// The full fence after the kernel model's commit `xchg` (the kernel's `xchg` is a
+        /// full barrier; left out, it is only an `AcqRel` exchange).
+        KernelCommitFence,
         /// The kernel model's `pending_pos` check at reserve (left out).
         KernelPendingPos,
         /// The USER_RINGBUF producer's load-acquire of `consumer_pos` at reserve.

@@ -94,3 +94,11 @@ fn wakeup_handshake() {
 fn control_no_fence_before_sleep() {
     expect_failure(SyncPoint::SleepFence, "deadlock", no_lost_wakeup);
 }
+
+/// Control (kernel side): the kernel's `xchg` is a full barrier; reduced to an `AcqRel`
+/// exchange, the kernel's read of `consumer_pos` may miss the consumer's publish while the
+/// consumer's re-check misses the commit.
+#[test]
+fn control_kernel_commit_without_full_barrier() {
+    expect_failure(SyncPoint::KernelCommitFence, "deadlock", no_lost_wakeup);
+}

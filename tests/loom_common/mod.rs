@@ -9,14 +9,13 @@ use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use bpf_ringbuf::header::HEADER_SIZE;
 use bpf_ringbuf::model::{KernelProducer, Reservation, Wakeup};
-use bpf_ringbuf::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use bpf_ringbuf::sync::atomic::{AtomicU32, AtomicUsize};
 use bpf_ringbuf::sync::{with_weakened, SyncPoint};
 use bpf_ringbuf::{RingMemory, RingMemoryMut};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
-pub const DEFAULT_PREEMPTIONS: usize = 2;
+pub const DEFAULT_PREEMPTIONS: usize = 3;
 
 /// Size of one tracked slot: the protocol's alignment (record starts are 8-byte aligned).
 const SLOT: usize = 8;
@@ -260,9 +259,6 @@ pub fn payload(tag: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Where the record header for a reservation sits relative to its payload.
-pub const PAYLOAD_OFFSET: usize = HEADER_SIZE;
-
 /// Runs `f` under loom, exploring every interleaving up to the preemption bound
 /// (`LOOM_MAX_PREEMPTIONS`, or [`DEFAULT_PREEMPTIONS`]).
 pub fn model<F>(f: F)
@@ -317,16 +313,3 @@ where
     );
     message
 }
-
-/// Records consumed in a model, for "exactly once, in order" checks.
-pub type Seen = Vec<Vec<u8>>;
-
-/// Committed records a `Reservation` stands for, kept for assertions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Produced {
-    pub position: usize,
-    pub bytes: Vec<u8>,
-}
-
-/// Ordering used by the models' own bookkeeping atomics (not part of the protocol).
-pub const MODEL_ORDERING: Ordering = Ordering::SeqCst;
