@@ -28,7 +28,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemory;
 use crate::sync::atomic::Ordering;
-use crate::sync::{fence_at, ordering, SyncPoint};
+use crate::sync::{fence_at, ordering, weakened, SyncPoint};
 
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
@@ -534,7 +534,12 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                     // it. Only this batch moves consumer_pos, when it ends (`commit`/`drop`),
                     // and ending takes the batch by value or `&mut`, which the borrow checker
                     // forbids while the returned `&self`-borrowed slice lives.
-                    return Some(Ok(unsafe { consumer.memory.bytes(offset, len) }));
+                    let record = unsafe { consumer.memory.bytes(offset, len) };
+                    if weakened(SyncPoint::BatchEarlyPublish) {
+                        // A loom negative control: publish while the record is still lent.
+                        consumer.publish(next);
+                    }
+                    return Some(Ok(record));
                 }
                 Step::Discarded(next) => {
                     position = next;

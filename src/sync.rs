@@ -48,6 +48,9 @@ mod weaken {
         ConsumerPosPublish,
         /// The full fence in `Consumer::check_before_sleep`.
         SleepFence,
+        /// A batch's single publish at its end: when weakened, the batch publishes
+        /// `consumer_pos` past each record as it lends it (while it is still being read).
+        BatchEarlyPublish,
         /// The kernel model's `xchg` of the header at commit (made `Relaxed`).
         KernelCommit,
         /// The full fence after the kernel model's commit `xchg` (the kernel's `xchg` is a

@@ -19,11 +19,11 @@ use loom_common::{expect_failure, model, payload, reserve_blocking, Kernel, Loom
 /// A 64-byte ring and one kernel thread that holds two reservations and commits them in
 /// reverse order (a BPF program may), then needs the space of both back:
 ///
-/// | record | position | len | bytes | payload slots (8 bytes) | committed             |
-/// |--------|----------|-----|-------|-------------------------|-----------------------|
+/// | record | position | len | bytes | payload slots (8 bytes) | committed               |
+/// |--------|----------|-----|-------|-------------------------|-------------------------|
 /// | 0      | 0        | 4   | 16    | 1                       | second (BUSY meanwhile) |
-/// | 1      | 16       | 4   | 16    | 3                       | first                 |
-/// | 2      | 32       | 36  | 48    | 5, 6, 7, 0, 1 (wraps)   | after 0 and 1 are read |
+/// | 1      | 16       | 4   | 16    | 3                       | first                   |
+/// | 2      | 32       | 36  | 48    | 5, 6, 7, 0, 1 (wraps)   | after 0 and 1 are read  |
 ///
 /// Record 2 can only be reserved once `consumer_pos` is past both, and it overwrites record
 /// 0's payload: the consumer's reads of the whole batch must happen-before that write.
@@ -48,7 +48,7 @@ fn batch_publishes_only_what_was_read() {
     let consumer = {
         let ring = ring.clone();
         loom::thread::spawn(move || {
-            let mut consumer = Consumer::new(ring).unwrap();
+            let mut consumer = Consumer::new(ring.clone()).unwrap();
             let mut read = 0;
             while read < SIZES.len() {
                 let batch = consumer.batch();
@@ -68,6 +68,11 @@ fn batch_publishes_only_what_was_read() {
                 }
                 read += records.len();
                 let published = batch.consumed_bytes() > 0;
+                // Still reading every record up to the end of the batch: the space must not
+                // have been handed back yet.
+                for record in &records {
+                    ring.still_reading(record);
+                }
                 drop(records);
                 batch.commit();
                 if !published {
@@ -118,6 +123,18 @@ fn batch_commit_bounds() {
 fn control_publish_relaxed() {
     expect_failure(
         SyncPoint::ConsumerPosPublish,
+        "Causality violation",
+        batch_publishes_only_what_was_read,
+    );
+}
+
+/// Control: a batch that publishes `consumer_pos` past each record as it lends it (instead of
+/// once, at its end) hands the space back while the record is still being read; the kernel's
+/// reuse of it then races with the batch's reads.
+#[test]
+fn control_publish_before_batch_end() {
+    expect_failure(
+        SyncPoint::BatchEarlyPublish,
         "Causality violation",
         batch_publishes_only_what_was_read,
     );

@@ -61,6 +61,8 @@ struct Buffers {
     pending: Vec<(usize, *mut [u8])>,
     /// Snapshots lent by `bytes` and written-back buffers.
     retired: Vec<*mut [u8]>,
+    /// Where each snapshot lent by `bytes` came from: `(snapshot start, offset, len)`.
+    lent: Vec<(*const u8, usize, usize)>,
 }
 
 impl Drop for Buffers {
@@ -125,7 +127,9 @@ impl LoomRing {
 
     /// Writes back the buffers `bytes_mut` lent.
     fn write_back(&self, buffers: &mut Buffers) {
-        let Buffers { pending, retired } = buffers;
+        let Buffers {
+            pending, retired, ..
+        } = buffers;
         for (offset, buffer) in pending.drain(..) {
             // SAFETY: the writer is done with `buffer` (see the type's documentation), which
             // is alive until the ring drops.
@@ -135,6 +139,22 @@ impl LoomRing {
                 unsafe { *self.data[(offset + i) % self.size].get() = *byte };
             }
             retired.push(buffer);
+        }
+    }
+
+    /// Records that the reader is still reading `record` (a slice `bytes` returned): each of
+    /// its slots is read again now, so a write that reused its space without happening-after
+    /// this point (the space was handed back too early) is reported by loom.
+    pub fn still_reading(&self, record: &[u8]) {
+        let buffers = self.buffers();
+        let &(_, offset, len) = buffers
+            .lent
+            .iter()
+            .rev()
+            .find(|&&(start, _, len)| start == record.as_ptr() && len == record.len())
+            .expect("not a slice this ring lent");
+        for slot in self.slots_of(offset, len) {
+            slot.with(|_| ());
         }
     }
 
@@ -196,6 +216,7 @@ unsafe impl RingMemory for LoomRing {
         }
         let snapshot = Box::into_raw(self.snapshot(offset, len));
         buffers.retired.push(snapshot);
+        buffers.lent.push((snapshot as *const u8, offset, len));
         // SAFETY: the snapshot is freed only when the ring drops; nobody writes it.
         unsafe { &*snapshot }
     }
