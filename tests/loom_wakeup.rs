@@ -18,6 +18,7 @@
 mod loom_common;
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::sync::Arc;
 
 use bpf_ringbuf::model::Wakeup;
@@ -31,6 +32,14 @@ use loom_common::{expect_failure, model, payload, Kernel, LoomRing};
 const RING_SIZE: usize = 64;
 const LEN: usize = 4;
 const RECORDS: u8 = 2;
+
+/// How often each `Readiness` answer was seen across the executions (counted outside the
+/// model, to show it reaches every branch of the handshake): Readable, Empty, HeadBusy.
+static READINESS_SEEN: [AtomicUsize; 3] = [
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
+    AtomicUsize::new(0),
+];
 
 fn no_lost_wakeup() {
     let ring = Arc::new(LoomRing::new(RING_SIZE));
@@ -60,7 +69,14 @@ fn no_lost_wakeup() {
                 if next_tag == RECORDS {
                     return;
                 }
-                match consumer.check_before_sleep() {
+                let readiness = consumer.check_before_sleep();
+                let index = match readiness {
+                    Readiness::Readable => 0,
+                    Readiness::Empty => 1,
+                    Readiness::HeadBusy => 2,
+                };
+                READINESS_SEEN[index].fetch_add(1, StdOrdering::Relaxed);
+                match readiness {
                     Readiness::Readable => continue,
                     // Sleeping is safe only if a commit at our position will wake us.
                     Readiness::Empty | Readiness::HeadBusy => wakeup.wait(),
@@ -84,6 +100,13 @@ fn no_lost_wakeup() {
 #[test]
 fn wakeup_handshake() {
     model(no_lost_wakeup);
+    let seen = READINESS_SEEN
+        .each_ref()
+        .map(|count| count.load(StdOrdering::Relaxed));
+    assert!(
+        seen.iter().all(|&count| count > 0),
+        "some answer of check_before_sleep never happened (Readable, Empty, HeadBusy): {seen:?}"
+    );
 }
 
 /// Control: without the full fence in `check_before_sleep`, the consumer's publish of
