@@ -14,7 +14,6 @@
 
 mod loom_common;
 
-use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
 
 use bpf_ringbuf::geometry::distance;
@@ -22,7 +21,7 @@ use bpf_ringbuf::header::record_size;
 use bpf_ringbuf::model::Wakeup;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::Consumer;
-use loom_common::{expect_failure, model, payload, Kernel, LoomRing};
+use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 
 /// A 64-byte ring. The first record (16 bytes at 0) is BUSY while the hostile consumer skips
 /// it; the second (56 bytes) then fits after it as far as `consumer_pos` is concerned, and
@@ -31,10 +30,9 @@ const RING_SIZE: usize = 64;
 const FIRST_LEN: usize = 4;
 const SECOND_LEN: usize = 48;
 
-/// Executions in which the second reservation succeeded after the first record was
-/// reserved, skipped by the hostile consumer and committed: the model does reach the reuse of
-/// its space.
-static SECOND_RESERVED: AtomicUsize = AtomicUsize::new(0);
+/// Coverage: the second reservation succeeded after the first record was reserved, skipped
+/// by the hostile consumer and committed (the model reaches the reuse of its space).
+const SECOND_RESERVED: &str = "second reservation reuses the first record's space";
 
 /// The reservations handed out and not yet committed, as `(position, bytes)`, kept outside
 /// loom's view; every new one is checked against them.
@@ -90,7 +88,7 @@ fn reservations_never_overlap() {
                 ledger.committing(reservation.position());
                 kernel.submit(reservation, Wakeup::Adaptive);
                 if reused {
-                    SECOND_RESERVED.fetch_add(1, StdOrdering::Relaxed);
+                    reached(SECOND_RESERVED);
                 }
             }
         })
@@ -118,7 +116,7 @@ fn reservations_never_overlap() {
 fn hostile_consumer_pos() {
     model(reservations_never_overlap);
     assert!(
-        SECOND_RESERVED.load(StdOrdering::Relaxed) > 0,
+        times_reached(SECOND_RESERVED) > 0,
         "the model never reached the reuse of the first record's space"
     );
 }

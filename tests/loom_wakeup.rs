@@ -18,14 +18,13 @@
 mod loom_common;
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::sync::Arc;
 
 use bpf_ringbuf::model::Wakeup;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Consumer, Readiness};
 use loom::sync::Notify;
-use loom_common::{expect_failure, model, payload, Kernel, LoomRing};
+use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 
 /// A 64-byte ring; two records with 4-byte payloads (16 bytes each) fit without waiting, so
 /// the only thing the consumer ever waits for is a wakeup.
@@ -33,13 +32,8 @@ const RING_SIZE: usize = 64;
 const LEN: usize = 4;
 const RECORDS: u8 = 2;
 
-/// How often each `Readiness` answer was seen across the executions (counted outside the
-/// model, to show it reaches every branch of the handshake): Readable, Empty, HeadBusy.
-static READINESS_SEEN: [AtomicUsize; 3] = [
-    AtomicUsize::new(0),
-    AtomicUsize::new(0),
-    AtomicUsize::new(0),
-];
+/// Coverage: the answers of `check_before_sleep`.
+const ANSWERS: [&str; 3] = ["Readable", "Empty", "HeadBusy"];
 
 fn no_lost_wakeup() {
     let ring = Arc::new(LoomRing::new(RING_SIZE));
@@ -75,7 +69,7 @@ fn no_lost_wakeup() {
                     Readiness::Empty => 1,
                     Readiness::HeadBusy => 2,
                 };
-                READINESS_SEEN[index].fetch_add(1, StdOrdering::Relaxed);
+                reached(ANSWERS[index]);
                 match readiness {
                     Readiness::Readable => continue,
                     // Sleeping is safe only if a commit at our position will wake us.
@@ -100,12 +94,10 @@ fn no_lost_wakeup() {
 #[test]
 fn wakeup_handshake() {
     model(no_lost_wakeup);
-    let seen = READINESS_SEEN
-        .each_ref()
-        .map(|count| count.load(StdOrdering::Relaxed));
+    let seen = ANSWERS.map(times_reached);
     assert!(
         seen.iter().all(|&count| count > 0),
-        "some answer of check_before_sleep never happened (Readable, Empty, HeadBusy): {seen:?}"
+        "some answer of check_before_sleep never happened ({ANSWERS:?}): {seen:?}"
     );
 }
 

@@ -334,3 +334,21 @@ where
     );
     message
 }
+
+std::thread_local! {
+    /// Coverage counters of the current test: loom runs the model's threads on the test's own
+    /// OS thread, so a thread-local counts this model's executions only (tests run in
+    /// parallel, and a negative control's executions must not count for the real model).
+    static COVERAGE: std::cell::RefCell<std::collections::HashMap<&'static str, usize>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Notes that an execution reached `what` (kept outside loom's view).
+pub fn reached(what: &'static str) {
+    COVERAGE.with(|coverage| *coverage.borrow_mut().entry(what).or_default() += 1);
+}
+
+/// How many executions of this test's models reached `what`.
+pub fn times_reached(what: &'static str) -> usize {
+    COVERAGE.with(|coverage| coverage.borrow().get(what).copied().unwrap_or(0))
+}
