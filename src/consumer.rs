@@ -27,7 +27,8 @@ use crate::error::{GeometryError, ReadError};
 use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemory;
-use crate::sync::atomic::{fence, Ordering};
+use crate::sync::atomic::Ordering;
+use crate::sync::{fence_at, ordering, weakened, SyncPoint};
 
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
@@ -135,7 +136,10 @@ impl<M: RingMemory> Consumer<M> {
             consumer: self.memory.consumer_pos().load(Ordering::Acquire),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in
             // __bpf_ringbuf_reserve, making the headers it wrote visible.
-            producer: self.memory.producer_pos().load(Ordering::Acquire),
+            producer: self
+                .memory
+                .producer_pos()
+                .load(ordering(SyncPoint::ProducerPosLoad, Ordering::Acquire)),
         }
     }
 
@@ -181,7 +185,11 @@ impl<M: RingMemory> Consumer<M> {
         // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header = RecordHeader::from_raw(
+            self.memory
+                .header(offset)
+                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
+        );
         if header.is_busy() {
             return Step::Busy;
         }
@@ -215,9 +223,10 @@ impl<M: RingMemory> Consumer<M> {
         // Release: pairs with smp_load_acquire(&rb->consumer_pos) in __bpf_ringbuf_reserve
         // (and in bpf_ringbuf_commit's wakeup check): our reads of the records before
         // `position` are complete before the kernel may reuse their space.
-        self.memory
-            .consumer_pos()
-            .store(position, Ordering::Release);
+        self.memory.consumer_pos().store(
+            position,
+            ordering(SyncPoint::ConsumerPosPublish, Ordering::Release),
+        );
     }
 
     /// Starts a zero-copy batch over the records committed so far.
@@ -434,7 +443,7 @@ impl<M: RingMemory> Consumer<M> {
         // loads consumer_pos. With a full barrier on both sides, at least one of us sees the
         // other's store: either we see the new record here, or the kernel sees our position
         // and wakes us.
-        fence(Ordering::SeqCst);
+        fence_at(SyncPoint::SleepFence, Ordering::SeqCst);
         let positions = self.positions();
         if positions.producer == positions.consumer {
             return Readiness::Empty;
@@ -444,7 +453,11 @@ impl<M: RingMemory> Consumer<M> {
         }
         let offset = self.geometry.offset(positions.consumer);
         // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header = RecordHeader::from_raw(
+            self.memory
+                .header(offset)
+                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
+        );
         if header.is_busy() {
             Readiness::HeadBusy
         } else {
@@ -525,7 +538,12 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                     // it. Only this batch moves consumer_pos, when it ends (`commit`/`drop`),
                     // and ending takes the batch by value or `&mut`, which the borrow checker
                     // forbids while the returned `&self`-borrowed slice lives.
-                    return Some(Ok(unsafe { consumer.memory.bytes(offset, len) }));
+                    let record = unsafe { consumer.memory.bytes(offset, len) };
+                    if weakened(SyncPoint::BatchEarlyPublish) {
+                        // A loom negative control: publish while the record is still lent.
+                        consumer.publish(next);
+                    }
+                    return Some(Ok(record));
                 }
                 Step::Discarded(next) => {
                     position = next;

@@ -86,7 +86,8 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(feature = "std")]
+// Loom (and the negative-control switch in `sync`) need std.
+#[cfg(any(feature = "std", bpf_ringbuf_loom))]
 extern crate std;
 
 pub mod consumer;
