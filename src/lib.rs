@@ -67,7 +67,7 @@ pub mod sync;
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 mod linux;
 
-pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness};
+pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness, Stats};
 pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;
