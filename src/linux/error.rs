@@ -3,7 +3,8 @@ use std::io;
 
 use bpf_ringbuf_sys::{BpfError, MapType};
 
-use crate::error::GeometryError;
+use crate::error::{GeometryError, ReadError};
+use crate::RingId;
 
 /// Why opening, mapping or waiting on a ring failed.
 #[derive(Debug)]
@@ -29,6 +30,13 @@ pub enum Error {
     },
     /// Another system call failed (epoll, eventfd, dup).
     Io(io::Error),
+    /// A ring read while waiting turned out corrupt.
+    Read {
+        /// Which ring of a [`Poller`](crate::Poller) (`None` for a single ring).
+        ring: Option<RingId>,
+        /// What is wrong with it.
+        error: ReadError,
+    },
 }
 
 impl fmt::Display for Error {
@@ -41,6 +49,11 @@ impl fmt::Display for Error {
             Self::Geometry(error) => write!(f, "invalid ring map: {error}"),
             Self::Map { part, source } => write!(f, "mmap of the ring's {part} failed: {source}"),
             Self::Io(error) => error.fmt(f),
+            Self::Read {
+                ring: Some(ring),
+                error,
+            } => write!(f, "ring {}: {error}", ring.get()),
+            Self::Read { ring: None, error } => error.fmt(f),
         }
     }
 }
@@ -52,6 +65,7 @@ impl std::error::Error for Error {
             Self::Geometry(error) => Some(error),
             Self::Map { source, .. } => Some(source),
             Self::Io(error) => Some(error),
+            Self::Read { error, .. } => Some(error),
             Self::WrongMapType { .. } => None,
         }
     }

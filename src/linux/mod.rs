@@ -3,13 +3,19 @@
 //! The kernel operations themselves (bpf(2), mmap, epoll) come from `bpf-ringbuf-sys`; this
 //! module joins them with the protocol core.
 
+mod drops;
 mod error;
+mod flush;
 mod mapping;
+mod poller;
 mod ringbuf;
 mod wait;
 
+pub use drops::DropCounter;
 pub use error::Error;
+pub use flush::{Flusher, WaitOutcome};
 pub use mapping::{MapKind, RingMapping};
+pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
 pub use ringbuf::RingBuf;
 pub use wait::WaitStats;
 
