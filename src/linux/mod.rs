@@ -9,6 +9,8 @@ mod flush;
 mod mapping;
 mod poller;
 mod ringbuf;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod wait;
 
 pub use drops::DropCounter;
@@ -17,6 +19,8 @@ pub use flush::{Flusher, WaitOutcome};
 pub use mapping::{MapKind, RingMapping};
 pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
 pub use ringbuf::RingBuf;
+#[cfg(feature = "tokio")]
+pub use tokio::{AsyncRingBuf, AsyncSpaceWaiter};
 pub use wait::WaitStats;
 
 /// The kernel interface crate, re-exported so users name the same types (`MapType`,

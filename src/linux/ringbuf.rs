@@ -228,6 +228,12 @@ impl RingBuf {
         self.waiter.stats
     }
 
+    /// For waits made elsewhere (the async reader) to count in [`RingBuf::wait_stats`].
+    #[cfg(feature = "tokio")]
+    pub(crate) fn waiter_stats_mut(&mut self) -> &mut WaitStats {
+        &mut self.waiter.stats
+    }
+
     /// The edge-triggered epoll fd this ring sleeps on; it becomes readable when the kernel
     /// signals the ring, so it can be nested in another event loop.
     pub fn epoll_fd(&self) -> BorrowedFd<'_> {
