@@ -16,7 +16,10 @@
 //!   treated as untrusted input ([`ReadError`]).
 //! - **The Linux front end** (feature `std`, on by default): [`RingBuf`] opens a map (from any
 //!   fd, a pinned path or a map id), checks its type, maps it with the right permissions and
-//!   waits for data through epoll. The kernel calls live in the `bpf-ringbuf-sys` crate.
+//!   waits for data through epoll; `Poller` waits on many rings at once, `Flusher` stops a
+//!   waiting reader from another thread, `DropCounter` reads the counter BPF programs keep of
+//!   lost events (`docs/waiting.md` explains the waiting). The kernel calls live in the
+//!   `bpf-ringbuf-sys` crate.
 //!
 //! # Quick start
 //!
@@ -39,6 +42,8 @@
 //! # Crate features
 //!
 //! - `std` (default): the Linux front end; implies `alloc`.
+//! - `tokio`: `AsyncRingBuf` and `AsyncSpaceWaiter`, waiting through tokio's reactor; implies
+//!   `std`.
 //! - `alloc`: owned-record helpers ([`Consumer::read_vec`], [`Consumer::read_owned`]) and the
 //!   heap-backed [`model`] of a ring and of the kernel's producer.
 //!
