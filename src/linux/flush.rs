@@ -21,8 +21,9 @@ pub enum WaitOutcome {
     Ready,
     /// The timeout passed, or the deadline was reached, with nothing to read.
     TimedOut,
-    /// [`Flusher::flush`] was called, and everything committed before it has been read. The
-    /// flush is used up: the next wait sleeps again.
+    /// [`Flusher::flush`] was called, and everything committed before it has been read
+    /// (except records held back behind a head record that is still BUSY: they become
+    /// readable when it is committed). The flush is used up: the next wait sleeps again.
     Flushed,
     /// [`Flusher::close`] was called, and everything committed has been read. Every later
     /// wait returns `Closed` at once (after reporting any record that still arrives).

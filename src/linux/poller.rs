@@ -79,6 +79,8 @@ struct Entry {
     source: Source,
     /// In `pending`: signalled or found readable, not yet drained.
     pending: bool,
+    /// The fd was signalled since the ring last left the queue (for `spurious_wakeups`).
+    signalled: bool,
 }
 
 /// Waits on many rings at once — per-CPU rings, the inner rings of a map-in-map — through one
@@ -210,6 +212,7 @@ impl Poller {
             Entry {
                 source,
                 pending: true,
+                signalled: false,
             },
         );
         self.pending.push_back(id);
@@ -445,6 +448,7 @@ impl Poller {
             }
             self.stats.wakeups += 1;
             if let Some(entry) = self.entries.get_mut(&id) {
+                entry.signalled = true;
                 if !entry.pending {
                     entry.pending = true;
                     self.pending.push_back(id);
@@ -484,9 +488,10 @@ impl Poller {
                     entry.pending = false;
                     if writer.has_space() {
                         self.writable.push(ring_id);
-                    } else {
+                    } else if entry.signalled {
                         self.stats.spurious_wakeups += 1;
                     }
+                    entry.signalled = false;
                 }
                 Source::Reader(ring) => {
                     let mut stopped = false;
@@ -520,9 +525,10 @@ impl Poller {
                         // Empty or BUSY at the head, checked after a fence: any later commit
                         // at our published consumer_pos signals the fd.
                         entry.pending = false;
-                        if delivered == 0 {
+                        if delivered == 0 && entry.signalled {
                             self.stats.spurious_wakeups += 1;
                         }
+                        entry.signalled = false;
                     }
                 }
             }
