@@ -4,6 +4,7 @@ use std::io;
 use bpf_ringbuf_sys::{BpfError, MapType};
 
 use crate::error::{GeometryError, ReadError};
+use crate::producer::ReserveError;
 use crate::RingId;
 
 /// Why opening, mapping or waiting on a ring failed.
@@ -37,6 +38,15 @@ pub enum Error {
         /// What is wrong with it.
         error: ReadError,
     },
+    /// A USER_RINGBUF reservation was refused (for a reservation with a timeout:
+    /// [`ReserveError::NoSpace`] when the time ran out).
+    Reserve(ReserveError),
+    /// This process already has a producer for the USER_RINGBUF map with this id: the protocol
+    /// allows one producer per ring.
+    ProducerExists {
+        /// The map's id.
+        map_id: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -54,6 +64,11 @@ impl fmt::Display for Error {
                 error,
             } => write!(f, "ring {}: {error}", ring.get()),
             Self::Read { ring: None, error } => error.fmt(f),
+            Self::Reserve(error) => error.fmt(f),
+            Self::ProducerExists { map_id } => write!(
+                f,
+                "this process already has a producer for USER_RINGBUF map {map_id}"
+            ),
         }
     }
 }
@@ -66,7 +81,8 @@ impl std::error::Error for Error {
             Self::Map { source, .. } => Some(source),
             Self::Io(error) => Some(error),
             Self::Read { error, .. } => Some(error),
-            Self::WrongMapType { .. } => None,
+            Self::Reserve(error) => Some(error),
+            Self::WrongMapType { .. } | Self::ProducerExists { .. } => None,
         }
     }
 }
@@ -74,6 +90,12 @@ impl std::error::Error for Error {
 impl From<BpfError> for Error {
     fn from(error: BpfError) -> Self {
         Self::Bpf(error)
+    }
+}
+
+impl From<ReserveError> for Error {
+    fn from(error: ReserveError) -> Self {
+        Self::Reserve(error)
     }
 }
 
@@ -89,6 +111,9 @@ impl From<Error> for io::Error {
             Error::Io(error) => error,
             Error::Map { source, .. } => source,
             Error::Bpf(error) => error.into(),
+            Error::Reserve(error @ ReserveError::NoSpace { .. }) => {
+                io::Error::new(io::ErrorKind::WouldBlock, error)
+            }
             other => io::Error::new(io::ErrorKind::InvalidInput, other),
         }
     }

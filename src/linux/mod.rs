@@ -11,6 +11,7 @@ mod poller;
 mod ringbuf;
 #[cfg(feature = "tokio")]
 mod tokio;
+mod user;
 mod wait;
 
 pub use drops::DropCounter;
@@ -21,6 +22,7 @@ pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
 pub use ringbuf::RingBuf;
 #[cfg(feature = "tokio")]
 pub use tokio::{AsyncRingBuf, AsyncSpaceWaiter};
+pub use user::UserRingBuf;
 pub use wait::WaitStats;
 
 /// The kernel interface crate, re-exported so users name the same types (`MapType`,
