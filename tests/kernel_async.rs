@@ -8,7 +8,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use bpf_ringbuf::{AsyncRingBuf, AsyncSpaceWaiter, DropCounter, RingBuf, RingMapping, SpaceWaiter};
+use bpf_ringbuf::{
+    AsyncRingBuf, AsyncSpaceWaiter, DropCounter, RingBuf, UserRingBuf, UserRingSpace,
+};
 use bpf_ringbuf_testkit::{self as kit, require_kernel, Commit};
 
 /// A stamped producer into `map`, with its own sequence and drop counters.
@@ -191,49 +193,33 @@ async fn a_cancelled_wait_loses_nothing() {
     assert_eq!(sequences, [1, 2]);
 }
 
-/// A minimal space waiter over a USER_RINGBUF map, until the crate's own producer lands.
-struct UserRingSpace {
-    map: OwnedFd,
-    mapping: RingMapping,
-    needed: usize,
-}
-
-impl SpaceWaiter for UserRingSpace {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
-    }
-
-    fn has_space(&self) -> bool {
-        use bpf_ringbuf::RingMemory;
-        use std::sync::atomic::{fence, Ordering};
-        fence(Ordering::SeqCst);
-        let consumer = self.mapping.consumer_pos().load(Ordering::Acquire);
-        let producer = self.mapping.producer_pos().load(Ordering::Acquire);
-        self.mapping.size() - producer.wrapping_sub(consumer) >= self.needed
-    }
-}
-
-#[tokio::test]
-async fn space_waiter_reports_room_and_waits_when_there_is_none() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_waiter_wakes_when_the_kernel_drains_a_full_user_ring() {
     require_kernel!();
-    let size = 4096;
-    let map = kit::user_ringbuf_map(size);
-    let space = |needed| UserRingSpace {
-        map: map.try_clone().unwrap(),
-        mapping: RingMapping::new(map.as_fd(), size, bpf_ringbuf::MapKind::UserProducer).unwrap(),
-        needed,
-    };
-    let mut fits = AsyncSpaceWaiter::new(space(64)).unwrap();
-    let writer = tokio::time::timeout(LIMIT, fits.writable())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(writer.needed, 64);
-    // More than the ring holds: never writable, so the wait must not return.
-    let mut too_big = AsyncSpaceWaiter::new(space(size + 8)).unwrap();
+    let map = kit::user_ringbuf_map(4096);
+    let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
+    let ring = UserRingBuf::new(&map).unwrap();
+    let mut samples = 0;
+    while ring.output(&[3; 100]).is_ok() {
+        samples += 1;
+    }
+    let mut space = AsyncSpaceWaiter::new(UserRingSpace::new(ring, 100)).unwrap();
+    // Full: the wait does not return (and is cancel-safe).
     assert!(
-        tokio::time::timeout(Duration::from_millis(50), too_big.writable())
+        tokio::time::timeout(Duration::from_millis(30), space.writable())
             .await
             .is_err()
     );
+    let drain = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        drainer.drain()
+    });
+    let writer = tokio::time::timeout(LIMIT, space.writable())
+        .await
+        .expect("the drain's EPOLLOUT woke the waiter")
+        .unwrap();
+    writer.ring().output(&[4; 100]).unwrap();
+    assert_eq!(drain.join().unwrap(), samples);
+    // Room again right away: no wait.
+    space.writable().await.unwrap();
 }

@@ -11,7 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bpf_ringbuf::{
-    DropCounter, PollOutcome, Poller, RingBuf, RingId, RingMapping, SpaceWaiter, WaitOutcome,
+    DropCounter, PollOutcome, Poller, ReserveError, RingBuf, RingId, SpaceWaiter, UserRingBuf,
+    UserRingSpace, WaitOutcome,
 };
 use bpf_ringbuf_testkit::{self as kit, require_kernel, Commit};
 
@@ -531,54 +532,103 @@ fn drop_counter_refuses_maps_it_cannot_read() {
     assert_eq!(drops.lost_since_last().unwrap(), 41);
 }
 
-/// A minimal space waiter over a USER_RINGBUF map, until the crate's own producer lands.
-struct UserRingSpace {
-    map: OwnedFd,
-    mapping: RingMapping,
-    needed: usize,
-}
-
-impl SpaceWaiter for UserRingSpace {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
-    }
-
-    fn has_space(&self) -> bool {
-        use bpf_ringbuf::RingMemory;
-        use std::sync::atomic::{fence, Ordering};
-        fence(Ordering::SeqCst);
-        let consumer = self.mapping.consumer_pos().load(Ordering::Acquire);
-        let producer = self.mapping.producer_pos().load(Ordering::Acquire);
-        self.mapping.size() - producer.wrapping_sub(consumer) >= self.needed
+/// Fills a USER_RINGBUF with 64-byte samples until one more does not fit; returns how many.
+fn fill(ring: &UserRingBuf) -> usize {
+    let mut written = 0;
+    loop {
+        match ring.output(&[7; 64]) {
+            Ok(()) => written += 1,
+            Err(ReserveError::NoSpace { .. }) => return written,
+            Err(error) => panic!("{error}"),
+        }
     }
 }
 
 #[test]
-fn a_user_ring_waiting_for_space_is_reported_writable() {
+fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() {
     require_kernel!();
-    let size = 4096;
-    let map = kit::user_ringbuf_map(size);
-    let mapping = RingMapping::new(map.as_fd(), size, bpf_ringbuf::MapKind::UserProducer).unwrap();
+    kit::pin_to_cpu(0);
+    let map = kit::user_ringbuf_map(4096);
+    let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
+    let user_ring = UserRingBuf::new(&map).unwrap();
+    let samples = fill(&user_ring);
+    assert_eq!(samples, 4096 / 72);
+    let reader_side = stamped_ring(16 * 1024, 16, 0);
+
     let mut poller = Poller::new().unwrap();
-    let fits = poller
-        .add_writer(Box::new(UserRingSpace {
-            map: map.try_clone().unwrap(),
-            mapping,
-            needed: 64,
-        }))
+    let reader = poller.add(RingBuf::new(&reader_side.map).unwrap()).unwrap();
+    let writer = poller
+        .add_writer(UserRingSpace::new(user_ring, 64))
         .unwrap();
+    // Full, and nothing to read: the poll times out.
     assert_eq!(
         poller
-            .poll(Some(Duration::from_secs(1)), |_, _| unreachable!())
+            .poll(Some(Duration::from_millis(30)), |_, _| unreachable!())
             .unwrap(),
+        PollOutcome::TimedOut
+    );
+    assert!(poller.writable().is_empty());
+
+    // The kernel drains from another thread while the poller sleeps: EPOLLOUT wakes it.
+    let drain = thread::spawn(move || {
+        kit::pin_to_cpu(0);
+        thread::sleep(Duration::from_millis(30));
+        drainer.drain()
+    });
+    let outcome = poller
+        .poll(Some(Duration::from_secs(10)), |_, _| unreachable!())
+        .unwrap();
+    assert_eq!(drain.join().unwrap(), samples as i64);
+    assert_eq!(
+        outcome,
         PollOutcome::Ready {
             records: 0,
             writable: 1
         }
     );
-    assert_eq!(poller.writable(), [fits]);
-    assert!(poller.writer(fits).is_some());
-    assert!(poller.remove(fits).unwrap().is_none(), "not a reader");
-    assert!(poller.remove_writer(fits).unwrap().is_some());
-    assert!(poller.is_empty());
+    assert_eq!(poller.writable(), [writer]);
+    assert!(poller.wait_stats().wakeups >= 1);
+
+    // Readers and writers share the poller.
+    reader_side.producer.run(2);
+    let space = poller.writer_mut::<UserRingSpace>(writer).unwrap();
+    space.ring().output(&[1; 64]).unwrap();
+    let seen = collect(&mut poller, 2, Duration::from_secs(5));
+    assert_eq!(seen[&reader], [1, 2]);
+
+    // Writers come back as their own type, and only as it.
+    assert!(poller.writer::<UserRingSpace>(reader).is_none());
+    assert!(poller.remove_writer::<Wrong>(writer).unwrap().is_none());
+    assert!(poller.remove(writer).unwrap().is_none(), "not a reader");
+    let space = poller
+        .remove_writer::<UserRingSpace>(writer)
+        .unwrap()
+        .unwrap();
+    assert_eq!(space.len(), 64);
+    assert_eq!(poller.len(), 1);
+}
+
+/// A writer type that is not the one registered.
+struct Wrong(OwnedFd);
+
+impl SpaceWaiter for Wrong {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    fn has_space(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_length_that_never_fits_is_reported_writable_so_reserve_can_say_why() {
+    require_kernel!();
+    let map = kit::user_ringbuf_map(4096);
+    let space = UserRingSpace::new(UserRingBuf::new(&map).unwrap(), 1 << 20);
+    assert!(space.has_space());
+    assert!(matches!(
+        space.ring().reserve(space.len()),
+        Err(ReserveError::TooLarge { .. })
+    ));
 }

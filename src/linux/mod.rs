@@ -9,6 +9,7 @@ mod flush;
 mod mapping;
 mod poller;
 mod ringbuf;
+mod space;
 #[cfg(feature = "tokio")]
 mod tokio;
 mod user;
@@ -20,6 +21,7 @@ pub use flush::{Flusher, WaitOutcome};
 pub use mapping::{MapKind, RingMapping};
 pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
 pub use ringbuf::RingBuf;
+pub use space::UserRingSpace;
 #[cfg(feature = "tokio")]
 pub use tokio::{AsyncRingBuf, AsyncSpaceWaiter};
 pub use user::UserRingBuf;

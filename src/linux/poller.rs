@@ -1,6 +1,7 @@
 //! Waiting on many rings at once: one epoll set, a per-ring record budget, rings added and
 //! removed at run time.
 
+use std::any::Any;
 use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -72,7 +73,26 @@ pub enum PollOutcome {
 
 enum Source {
     Reader(RingBuf),
-    Writer(Box<dyn SpaceWaiter>),
+    Writer(Box<dyn AnyWriter>),
+}
+
+/// A [`SpaceWaiter`] that can be given back as its own type.
+trait AnyWriter: SpaceWaiter {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<W: SpaceWaiter + 'static> AnyWriter for W {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
 struct Entry {
@@ -184,14 +204,17 @@ impl Poller {
         self.insert(Source::Reader(ring), epoll::EventFlags::IN)
     }
 
-    /// Adds a user ring to wait for space on (`EPOLLOUT`); [`poll`](Poller::poll) reports it
-    /// in [`writable`](Poller::writable) when [`SpaceWaiter::has_space`] holds.
+    /// Adds a user ring to wait for space on (`EPOLLOUT`), such as a
+    /// [`UserRingSpace`](crate::UserRingSpace); [`poll`](Poller::poll) reports it in
+    /// [`writable`](Poller::writable) when [`SpaceWaiter::has_space`] holds. Reach it again
+    /// with [`writer_mut`](Poller::writer_mut) (to write) or
+    /// [`remove_writer`](Poller::remove_writer).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if its fd cannot be added to the epoll set.
-    pub fn add_writer(&mut self, writer: Box<dyn SpaceWaiter>) -> Result<RingId, Error> {
-        self.insert(Source::Writer(writer), epoll::EventFlags::OUT)
+    pub fn add_writer<W: SpaceWaiter + 'static>(&mut self, writer: W) -> Result<RingId, Error> {
+        self.insert(Source::Writer(Box::new(writer)), epoll::EventFlags::OUT)
     }
 
     fn insert(&mut self, source: Source, interest: epoll::EventFlags) -> Result<RingId, Error> {
@@ -236,18 +259,21 @@ impl Poller {
         }
     }
 
-    /// Removes a writer and gives it back (`None` if `id` is not a writer here).
+    /// Removes the writer `id` and gives it back (`None`, and nothing removed, if `id` is not
+    /// a writer of type `W` here).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if its fd cannot be removed from the epoll set.
-    pub fn remove_writer(&mut self, id: RingId) -> Result<Option<Box<dyn SpaceWaiter>>, Error> {
-        match self.entries.get(&id.0).map(|entry| &entry.source) {
-            Some(Source::Writer(_)) => {}
-            _ => return Ok(None),
+    pub fn remove_writer<W: SpaceWaiter + 'static>(
+        &mut self,
+        id: RingId,
+    ) -> Result<Option<W>, Error> {
+        if self.writer::<W>(id).is_none() {
+            return Ok(None);
         }
         match self.take(id)? {
-            Some(Source::Writer(writer)) => Ok(Some(writer)),
+            Some(Source::Writer(writer)) => Ok(writer.into_any().downcast().ok().map(|w| *w)),
             _ => Ok(None),
         }
     }
@@ -286,10 +312,19 @@ impl Poller {
         }
     }
 
-    /// The writer `id`, if it is here.
-    pub fn writer(&self, id: RingId) -> Option<&dyn SpaceWaiter> {
+    /// The writer `id`, if it is here and of type `W`.
+    pub fn writer<W: SpaceWaiter + 'static>(&self, id: RingId) -> Option<&W> {
         match &self.entries.get(&id.0)?.source {
-            Source::Writer(writer) => Some(&**writer),
+            Source::Writer(writer) => writer.as_any().downcast_ref(),
+            Source::Reader(_) => None,
+        }
+    }
+
+    /// The writer `id`, if it is here and of type `W`: to write once [`poll`](Poller::poll)
+    /// reported it [writable](Poller::writable).
+    pub fn writer_mut<W: SpaceWaiter + 'static>(&mut self, id: RingId) -> Option<&mut W> {
+        match &mut self.entries.get_mut(&id.0)?.source {
+            Source::Writer(writer) => writer.as_any_mut().downcast_mut(),
             Source::Reader(_) => None,
         }
     }
