@@ -632,3 +632,40 @@ fn a_length_that_never_fits_is_reported_writable_so_reserve_can_say_why() {
         Err(ReserveError::TooLarge { .. })
     ));
 }
+
+#[test]
+fn a_ring_read_directly_is_checked_by_the_next_poll() {
+    require_kernel!();
+    kit::pin_to_cpu(0);
+    // NO_WAKEUP: nothing but the poller's own bookkeeping can find the records left over.
+    let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
+    let mut poller = Poller::new().unwrap();
+    let id = poller.add(RingBuf::new(&ring.map).unwrap()).unwrap();
+    assert_eq!(
+        poller
+            .poll(Some(Duration::ZERO), |_, _| unreachable!())
+            .unwrap(),
+        PollOutcome::TimedOut
+    );
+    ring.producer.run(3);
+    let first = poller.ring_mut(id).unwrap().read_owned().unwrap().unwrap();
+    assert_eq!(kit::stamp(&first).1, 1);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let outcome = poller
+        .poll(Some(Duration::from_secs(20)), |_, record| {
+            rest.push(kit::stamp(record).1);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(
+        outcome,
+        PollOutcome::Ready {
+            records: 2,
+            writable: 0
+        }
+    );
+    assert_eq!(rest, [2, 3]);
+    // Served at once, not by the check at the end of the 20 s timeout.
+    assert!(started.elapsed() < Duration::from_secs(15));
+}

@@ -304,12 +304,18 @@ impl Poller {
     }
 
     /// The reader `id`, if it is here, to read or [`resync`](crate::Consumer::resync) it
-    /// directly.
+    /// directly. The ring is queued for the next [`poll`](Poller::poll) to check, since what
+    /// is done with it here may leave records that no new wakeup will announce.
     pub fn ring_mut(&mut self, id: RingId) -> Option<&mut RingBuf> {
-        match &mut self.entries.get_mut(&id.0)?.source {
-            Source::Reader(ring) => Some(ring),
-            Source::Writer(_) => None,
+        let entry = self.entries.get_mut(&id.0)?;
+        let Source::Reader(ring) = &mut entry.source else {
+            return None;
+        };
+        if !entry.pending {
+            entry.pending = true;
+            self.pending.push_back(id.0);
         }
+        Some(ring)
     }
 
     /// The writer `id`, if it is here and of type `W`.

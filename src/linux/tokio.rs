@@ -100,6 +100,7 @@ impl AsyncRingBuf {
             if self.ring.check_before_sleep() == Readiness::Readable {
                 return Ok(());
             }
+            self.ring.waiter_stats_mut().sleeps += 1;
             let mut guard = self.fd.readable().await.map_err(Error::Io)?;
             self.ring.waiter_stats_mut().wakeups += 1;
             // Clear first, check (at the top of the loop) second: see above.
