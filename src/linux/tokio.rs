@@ -5,9 +5,16 @@
 //! [`AsyncFd`](::tokio::io::unix::AsyncFd). tokio's epoll is edge-triggered, which is what a
 //! ring needs (a BUSY head record keeps the fd level-ready; see `docs/waiting.md`), so there
 //! is no point nesting the ring's own epoll set: it would add a second edge to reason about
-//! and a syscall per wakeup. The one rule edge triggering imposes is the lost-wakeup rule:
-//! after clearing tokio's readiness, look at the ring again before awaiting, because a signal
-//! that arrived before the clear is gone.
+//! and a syscall per wakeup.
+//!
+//! Edge triggering makes the ring's lost-wakeup rule the reader's job: the kernel signals a
+//! commit only if the reader had *published* a `consumer_pos` equal to the record's position,
+//! so records committed while a batch was being read raise no signal. Before every await the
+//! reader therefore publishes (every batch does when it ends), fences and looks at the ring
+//! again ([`check_before_sleep`](crate::Consumer::check_before_sleep)). It clears tokio's
+//! readiness before that look, never after, so a signal that lands in between sets the
+//! readiness again (tokio also tags readiness with a tick and ignores a clear from a guard
+//! older than the latest event, which protects the other order too).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -87,10 +94,12 @@ impl AsyncRingBuf {
     /// Waits until a committed record can be read (or the ring is corrupt, which the next
     /// read reports).
     ///
-    /// Before every await it runs [`check_before_sleep`](crate::Consumer::check_before_sleep),
-    /// and after every readiness event it clears tokio's readiness *before* that check: a
-    /// commit either happens before the check, which sees it, or after the clear, and then
-    /// its wakeup sets the readiness again. A BUSY head record does not make it spin.
+    /// Before every await it runs [`check_before_sleep`](crate::Consumer::check_before_sleep)
+    /// (publish, fence, look: records committed while the last batch was read raised no
+    /// signal, and are found here), and after every readiness event it clears tokio's
+    /// readiness *before* that check: a commit either happens before the check, which sees
+    /// it, or after the clear, and then its wakeup sets the readiness again. A BUSY head
+    /// record does not make it spin.
     ///
     /// # Errors
     ///
