@@ -669,3 +669,86 @@ fn a_ring_read_directly_is_checked_by_the_next_poll() {
     // Served at once, not by the check at the end of the 20 s timeout.
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn per_cpu_rings_with_producers_on_both_cpus_strand_nothing() {
+    require_kernel!();
+    // One ring per CPU, as per-CPU ring setups do, each fed in bursts by a producer pinned
+    // to its CPU while the poller sleeps with no timeout: a record committed while a ring
+    // was being drained raises no signal, so a poller that did not check each ring before
+    // sleeping would sleep past it. A watchdog closes the poller after a minute; being
+    // closed before everything arrived fails the test.
+    let cpus = kit::online_cpus().min(2);
+    let per_cpu: u64 = 4_000;
+    let rings: Vec<StampedRing> = (0..cpus).map(|_| stamped_ring(64 * 1024, 32, 0)).collect();
+    let mut poller = Poller::new().unwrap();
+    poller.set_budget(64);
+    let ids: Vec<RingId> = rings
+        .iter()
+        .map(|ring| poller.add(RingBuf::new(&ring.map).unwrap()).unwrap())
+        .collect();
+    let mut drops: Vec<DropCounter> = rings
+        .iter()
+        .map(|ring| DropCounter::new(&ring.drops).unwrap())
+        .collect();
+    let flusher = poller.flusher().unwrap();
+    let (finished, finished_rx) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if finished_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            flusher.close().unwrap();
+        }
+    });
+    let producers: Vec<_> = rings
+        .into_iter()
+        .enumerate()
+        .map(|(cpu, ring)| {
+            thread::spawn(move || {
+                kit::pin_to_cpu(cpu);
+                let mut sent = 0;
+                let mut burst = 1;
+                while sent < per_cpu {
+                    let n = burst.min(per_cpu - sent);
+                    ring.producer.run(n as u32);
+                    sent += n;
+                    burst = burst % 50 + 1;
+                    if burst % 10 == 0 {
+                        thread::sleep(Duration::from_micros(100));
+                    }
+                }
+                ring
+            })
+        })
+        .collect();
+
+    let mut next_sequence = vec![1u64; cpus];
+    let mut total = 0u64;
+    let runs = per_cpu * cpus as u64;
+    let mut lost = 0;
+    while total + lost < runs {
+        let outcome = poller
+            .poll(None, |id, record| {
+                let ring = ids.iter().position(|&known| known == id).unwrap();
+                let (cpu, sequence) = kit::stamp(record);
+                assert_eq!(cpu as usize, ring, "ring {ring} is fed from CPU {ring}");
+                assert_eq!(sequence, next_sequence[ring]);
+                next_sequence[ring] += 1;
+                total += 1;
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        lost = drops.iter_mut().map(|d| d.total().unwrap()).sum();
+        assert_ne!(
+            outcome,
+            PollOutcome::Closed,
+            "stuck at {total} of {runs} ({lost} dropped)"
+        );
+    }
+    finished.send(()).unwrap();
+    watchdog.join().unwrap();
+    let _rings: Vec<StampedRing> = producers.into_iter().map(|p| p.join().unwrap()).collect();
+    assert_eq!(total + lost, runs);
+    assert!(total > lost, "{total} read, {lost} dropped");
+    assert_eq!(poller.stats().records, total);
+    let stats = poller.wait_stats();
+    assert!(stats.wakeups >= 1, "{stats:?}");
+}
