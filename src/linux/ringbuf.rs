@@ -30,7 +30,7 @@ use crate::Error;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use bpf_ringbuf::RingBuf;
 /// use std::ops::ControlFlow;
-/// use std::time::{Duration, Instant};
+/// use std::time::Duration;
 ///
 /// let mut ring = RingBuf::from_map_id(42)?;
 /// while ring.wait(Some(Duration::from_millis(100)))? {
