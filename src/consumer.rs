@@ -28,7 +28,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemory;
 use crate::sync::atomic::Ordering;
-use crate::sync::{fence_at, ordering, weakened, SyncPoint};
+use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, ordering, weakened, SyncPoint};
 
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
@@ -199,11 +199,9 @@ impl<M: RingMemory> Consumer<M> {
             // process, or this one before a reopen), so we continue after what it consumed.
             consumer: self.memory.consumer_pos().load(Ordering::Acquire),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in
-            // __bpf_ringbuf_reserve, making the headers it wrote visible.
-            producer: self
-                .memory
-                .producer_pos()
-                .load(ordering(SyncPoint::ProducerPosLoad, Ordering::Acquire)),
+            // __bpf_ringbuf_reserve, making the headers it wrote visible. (A relaxed load and
+            // an acquire fence: the producer page is mapped read-only.)
+            producer: load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad),
         }
     }
 
@@ -249,11 +247,10 @@ impl<M: RingMemory> Consumer<M> {
         // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
-        let header = RecordHeader::from_raw(
-            self.memory
-                .header(offset)
-                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
-        );
+        let header = RecordHeader::from_raw(load_acquire_u32(
+            self.memory.header(offset),
+            SyncPoint::HeaderLoad,
+        ));
         if header.is_busy() {
             return Step::Busy;
         }
@@ -538,11 +535,10 @@ impl<M: RingMemory> Consumer<M> {
         }
         let offset = self.geometry.offset(positions.consumer);
         // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
-        let header = RecordHeader::from_raw(
-            self.memory
-                .header(offset)
-                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
-        );
+        let header = RecordHeader::from_raw(load_acquire_u32(
+            self.memory.header(offset),
+            SyncPoint::HeaderLoad,
+        ));
         if header.is_busy() {
             Readiness::HeadBusy
         } else {

@@ -64,7 +64,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemoryMut;
 use crate::sync::atomic::{fence, Ordering};
-use crate::sync::{ordering, SyncPoint};
+use crate::sync::{load_acquire_usize, ordering, SyncPoint};
 
 /// The largest sample payload `bpf_user_ringbuf_drain` accepts: a dynptr's size field is 24
 /// bits (`DYNPTR_MAX_SIZE`, checked by `bpf_dynptr_check_size`). A larger header makes the
@@ -218,7 +218,11 @@ impl<M: RingMemoryMut> Producer<M> {
         Positions {
             // Acquire: pairs with the smp_store_release() of consumer_pos in
             // __bpf_user_ringbuf_sample_release / __bpf_user_ringbuf_peek.
-            consumer: self.memory.consumer_pos().load(Ordering::Acquire),
+            // (A relaxed load and an acquire fence: the consumer page is mapped read-only.)
+            consumer: load_acquire_usize(
+                self.memory.consumer_pos(),
+                SyncPoint::UserConsumerPosLoad,
+            ),
             producer: self.producer_pos.get(),
         }
     }
@@ -251,10 +255,9 @@ impl<M: RingMemoryMut> Producer<M> {
         // Acquire: pairs with the smp_store_release() of consumer_pos in
         // __bpf_user_ringbuf_sample_release (and in __bpf_user_ringbuf_peek for discarded
         // samples): the kernel has finished reading the space it hands back.
-        let consumer_pos = self
-            .memory
-            .consumer_pos()
-            .load(ordering(SyncPoint::UserConsumerPosLoad, Ordering::Acquire));
+        // (A relaxed load and an acquire fence: the consumer page is mapped read-only.)
+        let consumer_pos =
+            load_acquire_usize(self.memory.consumer_pos(), SyncPoint::UserConsumerPosLoad);
         let used = distance(consumer_pos, producer_pos);
         if used > self.geometry.size() || consumer_pos % 8 != 0 || producer_pos % 8 != 0 {
             return Err(ReserveError::CorruptPositions {
