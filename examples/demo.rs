@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn stream() -> Result<(), Box<dyn std::error::Error>> {
-    let map = kit::ringbuf_map(1 << 20);
+    let map = kit::ringbuf_map(8 << 20);
     let sequence = kit::percpu_counter_map();
     let drops = kit::percpu_counter_map();
     let producer = kit::stamped(
