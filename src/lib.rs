@@ -62,6 +62,7 @@ pub mod header;
 pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod model;
+pub mod overwrite;
 pub mod sync;
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
@@ -71,7 +72,8 @@ pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness};
 pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;
-pub use memory::{RingMemory, RingMemoryMut};
+pub use memory::{OverwriteMemory, RingMemory, RingMemoryMut};
+pub use overwrite::{OverwriteConsumer, OverwriteStats};
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 pub use linux::*;

@@ -10,7 +10,7 @@
 use crate::error::GeometryError;
 use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
-use crate::memory::{RingMemory, RingMemoryMut};
+use crate::memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 use crate::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use crate::sync::spin_loop;
 
@@ -32,6 +32,8 @@ mod heap {
     pub struct HeapRing {
         consumer_pos: AtomicUsize,
         producer_pos: AtomicUsize,
+        /// `overwrite_pos`, used only by rings in overwrite mode.
+        overwrite_pos: AtomicUsize,
         /// `2 * size` bytes, 8-byte aligned, zeroed at creation; accessed through atomics
         /// (headers) and through slices the protocol hands out one owner at a time.
         data: NonNull<u8>,
@@ -73,6 +75,7 @@ mod heap {
             Ok(Self {
                 consumer_pos: AtomicUsize::new(position),
                 producer_pos: AtomicUsize::new(position),
+                overwrite_pos: AtomicUsize::new(position),
                 data,
                 size: geometry.size(),
             })
@@ -164,6 +167,23 @@ mod heap {
         }
     }
 
+    // SAFETY: `overwrite_pos` is a field; `data_word` addresses the same allocation as
+    // `header` and `bytes`, and panics instead of reaching outside it.
+    unsafe impl OverwriteMemory for HeapRing {
+        #[inline]
+        fn overwrite_pos(&self) -> &AtomicUsize {
+            &self.overwrite_pos
+        }
+
+        #[inline]
+        fn data_word(&self, offset: usize) -> &AtomicU32 {
+            assert!(offset % 4 == 0, "misaligned data word offset {offset}");
+            self.check(offset, 4);
+            // SAFETY: in bounds (checked), 4-byte aligned; the memory lives as long as `&self`.
+            unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+        }
+    }
+
     // SAFETY: as for `RingMemory`; `bytes_mut` addresses the same bytes as `bytes`.
     unsafe impl RingMemoryMut for HeapRing {
         #[inline]
@@ -229,6 +249,8 @@ pub struct KernelProducer<M: RingMemoryMut> {
     pending_pos: AtomicUsize,
     /// Number of wakeups the model decided on (`irq_work_queue` calls).
     wakeups: AtomicUsize,
+    /// Overwrite mode (`BPF_F_RB_OVERWRITE`): how to reach `overwrite_pos` in the memory.
+    overwrite_pos: Option<fn(&M) -> &AtomicUsize>,
 }
 
 impl<M: RingMemoryMut> KernelProducer<M> {
@@ -246,12 +268,18 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             lock: AtomicBool::new(false),
             pending_pos: AtomicUsize::new(pending),
             wakeups: AtomicUsize::new(0),
+            overwrite_pos: None,
         })
     }
 
     /// The memory this producer writes.
     pub fn memory(&self) -> &M {
         &self.memory
+    }
+
+    /// Whether this producer overwrites the oldest records when the ring is full.
+    pub fn is_overwrite(&self) -> bool {
+        self.overwrite_pos.is_some()
     }
 
     /// How many times a commit decided to wake the consumer.
@@ -295,11 +323,28 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         self.pending_pos.store(pending_pos, Ordering::Relaxed);
         let new_producer_pos = producer_pos.wrapping_add(size);
         let mask = self.geometry.mask();
-        let reservation = if distance(consumer_pos, new_producer_pos) > mask
-            || distance(pending_pos, new_producer_pos) > mask
+        // bpf_ringbuf_has_space: the reserved-but-uncommitted span must fit; outside
+        // overwrite mode, so must everything the consumer has not read.
+        let reservation = if distance(pending_pos, new_producer_pos) > mask
+            || (self.overwrite_pos.is_none() && distance(consumer_pos, new_producer_pos) > mask)
         {
             None
         } else {
+            if let Some(overwrite_pos) = self.overwrite_pos {
+                // Overwrite mode: move overwrite_pos forward over whole records until the new
+                // one fits. They are all committed (pending_pos is past them, checked above).
+                let overwrite_pos = overwrite_pos(&self.memory);
+                let mut position = overwrite_pos.load(Ordering::Relaxed);
+                while distance(position, new_producer_pos) > mask {
+                    let offset = self.geometry.offset(position);
+                    let header =
+                        RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Relaxed));
+                    position = position.wrapping_add(header.record_size());
+                }
+                // WRITE_ONCE(rb->overwrite_pos): ordered before readers by the store-release
+                // of producer_pos below, and before the new record's bytes are written.
+                overwrite_pos.store(position, Ordering::Relaxed);
+            }
             let offset = self.geometry.offset(producer_pos);
             // The payload length fits in 30 bits: checked against MAX_RECORD_LEN above.
             let header = RecordHeader::busy(len as u32);
@@ -340,6 +385,25 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         self.commit(reservation, wakeup, true)
     }
 
+    /// `bpf_ringbuf_output` for a ring whose readers may race with the writer (overwrite
+    /// mode): copies `data` into the record with atomic word stores instead of through a
+    /// `&mut [u8]`, so a concurrent (copy-then-validate) reader is no data race.
+    pub fn output_atomic(&self, data: &[u8], wakeup: Wakeup) -> Option<bool>
+    where
+        M: OverwriteMemory,
+    {
+        let reservation = self.reserve(data.len())?;
+        let start = self.geometry.offset(reservation.position) + HEADER_SIZE;
+        for (index, chunk) in data.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.memory
+                .data_word(start + 4 * index)
+                .store(u32::from_ne_bytes(word), Ordering::Relaxed);
+        }
+        Some(self.submit(reservation, wakeup))
+    }
+
     /// `bpf_ringbuf_output`: reserve, copy, submit. `None` when the ring has no room.
     pub fn output(&self, data: &[u8], wakeup: Wakeup) -> Option<bool> {
         let mut reservation = self.reserve(data.len())?;
@@ -348,6 +412,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
     }
 
     fn commit(&self, reservation: Reservation, wakeup: Wakeup, discard: bool) -> bool {
+        // (The wakeup rule is the same in overwrite mode, Linux 6.19.)
         let offset = self.geometry.offset(reservation.position);
         let len = reservation.len as u32;
         let header = if discard {
@@ -375,5 +440,20 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
         wake
+    }
+}
+
+impl<M: RingMemoryMut + OverwriteMemory> KernelProducer<M> {
+    /// A producer for a ring in overwrite mode (`BPF_F_RB_OVERWRITE`, Linux 6.19+): when the
+    /// ring is full, reservations advance `overwrite_pos` over the oldest committed records
+    /// instead of failing; they fail only while uncommitted records fill the ring.
+    ///
+    /// # Errors
+    ///
+    /// [`GeometryError`] if `memory.size()` is not a valid ring size.
+    pub fn new_overwrite(memory: M) -> Result<Self, GeometryError> {
+        let mut producer = Self::new(memory)?;
+        producer.overwrite_pos = Some(|memory: &M| memory.overwrite_pos());
+        Ok(producer)
     }
 }
