@@ -157,7 +157,8 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
     /// [`ReadError::ConsumerAhead`] if `consumer_pos` is ahead of `producer_pos`.
     pub fn available(&self) -> Result<usize, ReadError> {
         let consumer = self.memory.consumer_pos().load(Ordering::Acquire);
-        self.window(consumer).map(|w| distance(w.start, w.producer_pos))
+        self.window(consumer)
+            .map(|w| distance(w.start, w.producer_pos))
     }
 
     /// The positions a read goes between, starting no earlier than `from`.
@@ -426,11 +427,24 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         distance(positions.consumer, positions.producer)
     }
 
-    /// Whether a record is ready to read (after a full fence): the check to make before
-    /// sleeping, as [`Consumer::check_before_sleep`](crate::Consumer::check_before_sleep).
-    pub fn has_data(&self) -> bool {
+    /// The check to make right before sleeping until the kernel signals: returns whether a
+    /// record is ready to read (or the ring is corrupt, which a read reports).
+    ///
+    /// As [`Consumer::check_before_sleep`](crate::Consumer::check_before_sleep), with one more
+    /// step: the kernel wakes a sleeper only when it commits the record at the published
+    /// `consumer_pos`, so a reader that was lapped first publishes `max(consumer_pos,
+    /// overwrite_pos)` (counting what it lost), or it would sleep past every later record.
+    pub fn check_before_sleep(&mut self) -> bool {
+        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        if let Ok(window) = self.window(consumer_pos) {
+            if window.start != consumer_pos {
+                self.stats.lost_bytes += distance(consumer_pos, window.start) as u64;
+                self.publish(window.start);
+            }
+        }
         // SeqCst fence: pairs with the full barrier of the xchg() in bpf_ringbuf_commit, as in
-        // Consumer::check_before_sleep.
+        // Consumer::check_before_sleep: either we see the commit below, or the kernel sees the
+        // consumer_pos published above and wakes us.
         fence(Ordering::SeqCst);
         let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
         match self.window(consumer_pos) {

@@ -8,7 +8,13 @@ use std::sync::Arc;
 use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
 use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, ReadError, RingMemory};
 
-fn ring(size: usize) -> (Arc<HeapRing>, KernelProducer<Arc<HeapRing>>, OverwriteConsumer<Arc<HeapRing>>) {
+fn ring(
+    size: usize,
+) -> (
+    Arc<HeapRing>,
+    KernelProducer<Arc<HeapRing>>,
+    OverwriteConsumer<Arc<HeapRing>>,
+) {
     let ring = Arc::new(HeapRing::new(size).unwrap());
     let producer = KernelProducer::new_overwrite(ring.clone()).unwrap();
     let reader = OverwriteConsumer::new(ring.clone()).unwrap();
@@ -34,7 +40,9 @@ fn selftest_scenario_positions_and_contents() {
     producer.submit(rec1, Wakeup::Adaptive);
     producer.submit(rec2, Wakeup::Adaptive);
     producer.submit(rec4, Wakeup::Adaptive);
-    let mut rec5 = producer.reserve(len3).expect("reserve 5 overwrites record 1");
+    let mut rec5 = producer
+        .reserve(len3)
+        .expect("reserve 5 overwrites record 1");
     producer.payload(&mut rec5).fill(0xdd);
     producer.submit(rec5, Wakeup::Adaptive);
 
@@ -44,7 +52,10 @@ fn selftest_scenario_positions_and_contents() {
     assert_eq!(reader.available().unwrap(), len2 + len4 + len3 + 3 * 8);
 
     let records = reader.snapshot_vec().unwrap();
-    assert_eq!(records, vec![vec![0xbb; len2], vec![0xcc; len4], vec![0xdd; len3]]);
+    assert_eq!(
+        records,
+        vec![vec![0xbb; len2], vec![0xcc; len4], vec![0xdd; len3]]
+    );
     // The snapshot consumed nothing; a streaming read skips the overwritten record.
     let mut buf = vec![0; size];
     assert_eq!(reader.read_into(&mut buf).unwrap(), Some(len2));
@@ -62,7 +73,9 @@ fn burst_of_ten_ring_sizes_leaves_exactly_the_newest_records() {
         let mut payload = [0u8; 40];
         payload[..4].copy_from_slice(&sequence.to_le_bytes());
         payload[4..].fill(sequence as u8);
-        producer.output(&payload, Wakeup::Never).expect("overwrite mode never refuses");
+        producer
+            .output(&payload, Wakeup::Never)
+            .expect("overwrite mode never refuses");
     }
     let records = reader.snapshot_vec().unwrap();
     // The ring keeps at most size - 1 bytes (the kernel's `> mask` rule): 85 records of 48.
@@ -86,7 +99,9 @@ fn streaming_reader_counts_what_was_overwritten() {
         // Sometimes less than a ring, sometimes several laps between reads.
         let burst = [3, 30, 100, 7][round as usize % 4];
         for _ in 0..burst {
-            producer.output(&produced.to_le_bytes().repeat(6), Wakeup::Never).unwrap();
+            producer
+                .output(&produced.to_le_bytes().repeat(6), Wakeup::Never)
+                .unwrap();
             produced += 1;
         }
         let take = [usize::MAX, 2][round as usize % 2];
@@ -102,16 +117,26 @@ fn streaming_reader_counts_what_was_overwritten() {
             }
         }
     }
-    while let Some(_) = reader.read_into(&mut buf).unwrap() {
+    while reader.read_into(&mut buf).unwrap().is_some() {
         delivered.push(u32::from_le_bytes(buf[..4].try_into().unwrap()));
     }
-    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "in order, each once");
+    assert!(
+        delivered.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once"
+    );
     let stats = reader.stats();
     // Uniform 32-byte records: lost bytes are exactly the records never delivered.
     assert_eq!(stats.lost_bytes % 32, 0);
-    assert_eq!(delivered.len() as u64 + stats.lost_bytes / 32, u64::from(produced));
+    assert_eq!(
+        delivered.len() as u64 + stats.lost_bytes / 32,
+        u64::from(produced)
+    );
     assert_eq!(stats.records, delivered.len() as u64);
-    assert_eq!(*delivered.last().unwrap(), produced - 1, "the newest record is never lost");
+    assert_eq!(
+        *delivered.last().unwrap(),
+        produced - 1,
+        "the newest record is never lost"
+    );
 }
 
 #[test]
@@ -123,16 +148,28 @@ fn busy_record_stops_the_reader_and_a_small_buffer_loses_nothing() {
     let mut small = [0u8; 10];
     assert_eq!(
         reader.read_into(&mut small),
-        Err(ReadError::BufferTooSmall { needed: 20, capacity: 10 })
+        Err(ReadError::BufferTooSmall {
+            needed: 20,
+            capacity: 10
+        })
     );
     let mut buf = [0u8; 64];
     assert_eq!(reader.read_into(&mut buf).unwrap(), Some(20));
-    assert_eq!(reader.read_into(&mut buf).unwrap(), None, "BUSY record stops reading");
-    assert!(!reader.has_data());
+    assert_eq!(
+        reader.read_into(&mut buf).unwrap(),
+        None,
+        "BUSY record stops reading"
+    );
+    assert!(!reader.check_before_sleep());
     assert_eq!(reader.snapshot_vec().unwrap(), vec![vec![1u8; 20]]);
     producer.submit(held, Wakeup::Never);
-    assert!(reader.has_data());
-    assert_eq!(reader.consume(&mut buf, 10, |_| ControlFlow::Continue(())).unwrap(), 2);
+    assert!(reader.check_before_sleep());
+    assert_eq!(
+        reader
+            .consume(&mut buf, 10, |_| ControlFlow::Continue(()))
+            .unwrap(),
+        2
+    );
 }
 
 #[test]
@@ -146,9 +183,14 @@ fn a_corrupt_header_that_was_not_overwritten_is_an_error() {
         Err(ReadError::RecordOutOfBounds { position: 0, .. })
     ));
     assert_eq!(ring.consumer_pos().load(Ordering::SeqCst), 0);
+    // (The kernel's own bookkeeping trusts its headers: restore it before producing more.)
+    ring.header(0).store(8, Ordering::SeqCst);
     // A consumer_pos ahead of the producer is an error too; resync recovers.
     ring.consumer_pos().store(1 << 20, Ordering::SeqCst);
-    assert!(matches!(reader.read_into(&mut buf), Err(ReadError::ConsumerAhead { .. })));
+    assert!(matches!(
+        reader.read_into(&mut buf),
+        Err(ReadError::ConsumerAhead { .. })
+    ));
     reader.resync();
     producer.output(&[2; 8], Wakeup::Never).unwrap();
     assert_eq!(reader.read_into(&mut buf).unwrap(), Some(8));
@@ -165,10 +207,19 @@ fn positions_wrap_around_usize_max_in_overwrite_mode() {
         producer.output(&i.to_le_bytes(), Wakeup::Never).unwrap();
     }
     let records = reader.snapshot_vec().unwrap();
-    let sequences: Vec<u32> = records.iter().map(|r| u32::from_le_bytes(r[..4].try_into().unwrap())).collect();
-    assert_eq!(sequences, (100 - sequences.len() as u32..100).collect::<Vec<_>>());
+    let sequences: Vec<u32> = records
+        .iter()
+        .map(|r| u32::from_le_bytes(r[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        sequences,
+        (100 - sequences.len() as u32..100).collect::<Vec<_>>()
+    );
     assert_eq!(sequences.len(), 255 / 16);
-    assert!(ring.producer_pos().load(Ordering::SeqCst) < start, "positions wrapped");
+    assert!(
+        ring.producer_pos().load(Ordering::SeqCst) < start,
+        "positions wrapped"
+    );
 }
 
 /// A producer lapping a concurrent reader: no torn record is ever delivered, and what was
@@ -211,6 +262,35 @@ fn reader_racing_a_lapping_producer_never_delivers_a_torn_record() {
     let stats = reader.stats();
     assert_eq!(stats.records, delivered);
     assert_eq!(stats.lost_bytes % 64, 0, "{stats:?}");
-    assert_eq!(delivered + stats.lost_bytes / 64, u64::from(RECORDS), "{stats:?}");
+    assert_eq!(
+        delivered + stats.lost_bytes / 64,
+        u64::from(RECORDS),
+        "{stats:?}"
+    );
     assert_eq!(last, Some(RECORDS - 1));
+}
+
+#[test]
+fn a_lapped_reader_publishes_where_it_resumes_before_sleeping() {
+    // The kernel wakes a sleeper only for the record at consumer_pos: a reader left behind
+    // overwrite_pos must move consumer_pos up before it sleeps, or no wakeup would ever come.
+    let (ring, producer, mut reader) = ring(256);
+    for i in 0..40u8 {
+        producer.output(&[i; 8], Wakeup::Never).unwrap();
+    }
+    let mut buf = [0u8; 8];
+    while reader.read_into(&mut buf).unwrap().is_some() {}
+    for i in 0..40u8 {
+        producer.output(&[i; 8], Wakeup::Never).unwrap();
+    }
+    assert!(reader.check_before_sleep(), "records are waiting");
+    assert_eq!(
+        ring.consumer_pos().load(Ordering::SeqCst),
+        ring.overwrite_pos().load(Ordering::SeqCst),
+        "consumer_pos moved up to overwrite_pos"
+    );
+    while reader.read_into(&mut buf).unwrap().is_some() {}
+    assert!(!reader.check_before_sleep());
+    // Caught up: the next commit is at consumer_pos, so the kernel's rule wakes us.
+    assert_eq!(producer.output(&[1; 8], Wakeup::Adaptive), Some(true));
 }
