@@ -1,8 +1,10 @@
 use std::fmt;
 use std::io;
+use std::string::String;
 
 use bpf_ringbuf_sys::{BpfError, MapType};
 
+use super::probe::Feature;
 use crate::error::GeometryError;
 
 /// Why opening, mapping or waiting on a ring failed.
@@ -29,6 +31,14 @@ pub enum Error {
     },
     /// Another system call failed (epoll, eventfd, dup).
     Io(io::Error),
+    /// The running kernel lacks a feature: a ring map type or a creation flag (see
+    /// [`probe`](crate::probe)).
+    Unsupported {
+        /// The missing feature.
+        feature: Feature,
+        /// The running kernel's release (`uname -r`).
+        kernel_release: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -41,6 +51,16 @@ impl fmt::Display for Error {
             Self::Geometry(error) => write!(f, "invalid ring map: {error}"),
             Self::Map { part, source } => write!(f, "mmap of the ring's {part} failed: {source}"),
             Self::Io(error) => error.fmt(f),
+            Self::Unsupported {
+                feature,
+                kernel_release,
+            } => match feature.since() {
+                Some(since) => write!(
+                    f,
+                    "Linux {kernel_release} does not support {feature} (needs Linux {since} or newer)"
+                ),
+                None => write!(f, "Linux {kernel_release} does not support {feature}"),
+            },
         }
     }
 }
@@ -52,7 +72,7 @@ impl std::error::Error for Error {
             Self::Geometry(error) => Some(error),
             Self::Map { source, .. } => Some(source),
             Self::Io(error) => Some(error),
-            Self::WrongMapType { .. } => None,
+            Self::WrongMapType { .. } | Self::Unsupported { .. } => None,
         }
     }
 }
@@ -75,6 +95,9 @@ impl From<Error> for io::Error {
             Error::Io(error) => error,
             Error::Map { source, .. } => source,
             Error::Bpf(error) => error.into(),
+            unsupported @ Error::Unsupported { .. } => {
+                io::Error::new(io::ErrorKind::Unsupported, unsupported)
+            }
             other => io::Error::new(io::ErrorKind::InvalidInput, other),
         }
     }

@@ -5,11 +5,13 @@
 
 mod error;
 mod mapping;
+pub mod probe;
 mod ringbuf;
 mod wait;
 
 pub use error::Error;
 pub use mapping::{MapKind, RingMapping};
+pub use probe::{Feature, Support};
 pub use ringbuf::RingBuf;
 pub use wait::WaitStats;
 

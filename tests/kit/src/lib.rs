@@ -6,6 +6,11 @@
 //! Tests that need bpf(2) start with [`require_kernel!`]. With `BPF_RINGBUF_REQUIRE_KERNEL=1`
 //! (CI sets it) a missing kernel is a failure; otherwise the test prints why it skips and
 //! returns.
+//!
+//! Tests that need a newer kernel *feature* (a map type or flag the oldest supported kernel
+//! lacks) add [`require_feature!`] with a probe such as [`user_ringbuf_missing`]: on a kernel
+//! without it they print `skipped: <reason>` and return, even with
+//! `BPF_RINGBUF_REQUIRE_KERNEL=1`; a missing feature on a kernel that should have it fails.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,8 +20,8 @@ use bpf_ringbuf_sys::insn::{
     self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R6, R7, R8, R9,
 };
 use bpf_ringbuf_sys::{
-    map_create, map_lookup_elem, map_update_elem, prog_load, prog_test_run, BpfError, FuncInfo,
-    MapCreate, MapType, ProgLoad, ProgType, TestRun, TestRunOutput,
+    map_create, map_lookup_elem, map_update_elem, prog_load, prog_test_run, BpfError, Errno,
+    FuncInfo, MapCreate, MapFlags, MapType, ProgLoad, ProgType, TestRun, TestRunOutput,
 };
 
 /// `BPF_RB_NO_WAKEUP`.
@@ -54,6 +59,83 @@ macro_rules! require_kernel {
             return;
         }
     };
+}
+
+/// Returns from the calling test, printing `skipped: <reason>`, when `missing` (an
+/// `Option<String>` from a probe such as [`user_ringbuf_missing`]) names a missing feature.
+#[macro_export]
+macro_rules! require_feature {
+    ($missing:expr) => {
+        if let Some(reason) = $missing {
+            $crate::skip_feature(&reason);
+            return;
+        }
+    };
+}
+
+/// Prints why a test skips for a missing kernel feature (see [`require_feature!`]).
+pub fn skip_feature(reason: &str) {
+    eprintln!("skipped: {reason}");
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// The running kernel's (major, minor) version, parsed from [`kernel_release`].
+pub fn kernel_version() -> (u32, u32) {
+    let release = kernel_release();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("cannot parse the kernel release {release:?}"),
+    }
+}
+
+/// `None` when a one-page ring map of `map_type` with `flags` can be created; otherwise why
+/// not. `since` is the first mainline (major, minor) with the feature: a kernel at least that
+/// new that refuses it fails the test under `BPF_RINGBUF_REQUIRE_KERNEL=1` (a broken probe or
+/// a kernel built without it must not pass as a skip). Errors other than `EINVAL` mean the
+/// kernel itself is unusable and panic (tests call [`require_kernel!`] first).
+pub fn ring_flags_missing(map_type: MapType, flags: MapFlags, since: (u32, u32)) -> Option<String> {
+    let attempt = map_create(&MapCreate {
+        flags,
+        ..MapCreate::new(map_type, 0, 0, page_size() as u32)
+    });
+    let error = match attempt {
+        Ok(_) => return None,
+        Err(error) if error.errno() == Errno::INVAL => error,
+        Err(error) => panic!("probing {map_type} with {flags:?}: {error}"),
+    };
+    let release = kernel_release();
+    let feature = if flags.is_empty() {
+        format!("{map_type}")
+    } else {
+        format!("{map_type} with {flags:?}")
+    };
+    let required = std::env::var("BPF_RINGBUF_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+    assert!(
+        !(required && kernel_version() >= since),
+        "Linux {release} refuses {feature} ({error}) although mainline has it since {}.{}",
+        since.0,
+        since.1
+    );
+    Some(format!(
+        "Linux {release} lacks {feature} (needs {}.{}+; refused with {error})",
+        since.0, since.1
+    ))
+}
+
+/// `None` when the kernel has `BPF_MAP_TYPE_USER_RINGBUF` (Linux 6.1), otherwise why not; see
+/// [`ring_flags_missing`].
+pub fn user_ringbuf_missing() -> Option<String> {
+    ring_flags_missing(MapType::USER_RINGBUF, MapFlags::empty(), (6, 1))
 }
 
 /// The system page size.
