@@ -114,10 +114,18 @@ pub fn ring_flags_missing(map_type: MapType, flags: MapFlags, since: (u32, u32))
         Err(error) => panic!("probing {map_type} with {flags:?}: {error}"),
     };
     let release = kernel_release();
+    let mut flag_names: Vec<String> = flags
+        .iter_names()
+        .map(|(name, _)| format!("BPF_F_{name}"))
+        .collect();
+    let unknown = flags.bits() & !MapFlags::all().bits();
+    if unknown != 0 {
+        flag_names.push(format!("{unknown:#x}"));
+    }
     let feature = if flags.is_empty() {
         format!("{map_type}")
     } else {
-        format!("{map_type} with {flags:?}")
+        format!("{map_type} with {}", flag_names.join("|"))
     };
     let required = std::env::var("BPF_RINGBUF_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
     assert!(
