@@ -455,10 +455,14 @@ impl<M: RingMemory> Consumer<M> {
     /// Moves `consumer_pos` to the current `producer_pos`, dropping everything between them;
     /// returns the number of bytes skipped. The way out after a [`ReadError`] that reports a
     /// corrupt ring.
+    ///
+    /// The count is at most the ring size, the most the ring can hold: when `consumer_pos`
+    /// was corrupt (ahead of `producer_pos`, or further behind than the ring holds), the
+    /// distance between the two positions says nothing about the data lost.
     pub fn resync(&mut self) -> usize {
         let positions = self.positions();
         self.publish(positions.producer);
-        distance(positions.consumer, positions.producer)
+        distance(positions.consumer, positions.producer).min(self.geometry.size())
     }
 }
 
@@ -587,6 +591,12 @@ impl<M: RingMemory> core::fmt::Debug for Batch<'_, M> {
 /// Iterator over a [`Batch`]'s records; each borrows the batch.
 pub struct BatchIter<'b, 'c, M: RingMemory> {
     batch: &'b Batch<'c, M>,
+}
+
+impl<M: RingMemory> core::fmt::Debug for BatchIter<'_, '_, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("BatchIter").field(self.batch).finish()
+    }
 }
 
 impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {

@@ -8,8 +8,10 @@
 
 use crate::error::GeometryError;
 
-/// The largest data area the kernel creates on 64-bit systems (`RINGBUF_MAX_DATA_SZ`
-/// with 4 KiB pages is just under 64 GiB); the core only requires a power of two.
+/// The smallest data area the core accepts, in bytes (two 8-byte record slots). Useful for
+/// small models and tests; kernel ring maps are at least one page (see
+/// [`Geometry::for_map`]), and at most just under 64 GiB on 64-bit kernels
+/// (`RINGBUF_MAX_DATA_SZ` with 4 KiB pages).
 pub const MIN_RING_SIZE: usize = 16;
 
 /// Size and mask of a ring's data area.

@@ -9,28 +9,59 @@
 
 use crate::sync::atomic::{AtomicU32, AtomicUsize};
 
-/// Access to a ring's positions and data area.
+/// Access to a ring's positions and data area: the one thing the protocol core needs from
+/// whoever mapped the ring.
+///
+/// Implement it to run the core over memory this crate did not create — for instance the
+/// mapping a BPF library already made (see [`guide::vendoring`](crate::guide::vendoring) and
+/// `examples/byo_mapping.rs`), or use [`RawRingMemory`](crate::RawRingMemory), which
+/// implements it over raw addresses. The core turns what these methods return into atomic
+/// loads and stores and into `&[u8]` slices without further checks, which is why the trait is
+/// `unsafe` to implement.
 ///
 /// # Safety
 ///
-/// Implementors promise, for the whole lifetime of the value:
+/// An implementation promises, for as long as the value lives:
 ///
-/// - [`size`](Self::size) is constant, a power of two, at least
-///   [`MIN_RING_SIZE`](crate::geometry::MIN_RING_SIZE).
-/// - [`consumer_pos`](Self::consumer_pos) and [`producer_pos`](Self::producer_pos) return the
-///   ring's two position words (the same ones the other side uses), each always the same one.
-/// - [`header`](Self::header) returns, for every 8-byte-aligned `offset < size`, the 32-bit
-///   word at that offset of the data area — the same memory [`bytes`](Self::bytes) covers.
-/// - [`bytes`](Self::bytes) returns the data area's bytes `offset..offset + len` for any
-///   `offset + len <= 2 * size`, where byte `size + i` is byte `i` (the double mapping), or, for
-///   memory that is not double mapped, where every reader and writer of a record uses the same
-///   start offset `position & mask` (as [`HeapRing`](crate::model::HeapRing) does).
-/// - The memory stays valid and at the same address while `self` lives (a `&self` borrow
-///   keeps a returned slice alive).
+/// 1. **Size.** [`size`](Self::size) returns the same value on every call: the size of the
+///    data area in bytes, a power of two, at least
+///    [`MIN_RING_SIZE`](crate::geometry::MIN_RING_SIZE). For a kernel map it is the map's
+///    `max_entries`.
+/// 2. **Positions.** [`consumer_pos`](Self::consumer_pos) and
+///    [`producer_pos`](Self::producer_pos) return the ring's two position words — the very
+///    words the other side of the ring (the kernel) reads and writes — and always the same
+///    ones. A [`Consumer`](crate::Consumer) stores to `consumer_pos` and only loads
+///    `producer_pos`, so `consumer_pos` must be writable memory when the value is read by a
+///    consumer.
+/// 3. **Headers.** For every `offset < size` that is a multiple of 8,
+///    [`header`](Self::header) returns the 32-bit word at byte `offset` of the data area (the
+///    same memory [`bytes`](Self::bytes) covers). It may panic for other offsets; the core
+///    never asks for one.
+/// 4. **Bytes.** For every `offset + len <= 2 * size`, [`bytes`](Self::bytes) returns the data
+///    area's bytes `offset..offset + len`, where byte `size + i` is byte `i`: the kernel maps
+///    the data pages twice, back to back, so a record that wraps past the end is contiguous.
+///    Memory that is not double mapped may instead hold `2 * size` plain bytes, provided every
+///    reader and writer of the ring reaches each record from its start offset
+///    (`position & (size - 1)`), so a wrapping record is stored contiguously past `size`
+///    (this is what [`HeapRing`](crate::model::HeapRing) does; it can only work when both
+///    sides of the ring use the same implementation, never for a kernel map).
+/// 5. **Lifetime.** The memory stays valid, and at the same address, while `self` lives;
+///    every returned reference borrows `self`.
+/// 6. **Access.** Apart from the core, the positions and headers are only accessed
+///    atomically (the kernel's `smp_load_acquire`, `smp_store_release`, `xchg`,
+///    `READ_ONCE`), and the data area is only written as the ring protocol allows. This is
+///    what the other side of the ring (the kernel, or a model of it) promises; see
+///    [`guide::design`](crate::guide::design) for what happens when a third process breaks
+///    it.
 ///
-/// A custom implementation (say, over a mapping another BPF library made) is correct when it
-/// hands out the addresses the kernel's `mmap` of the map returned, checked against the map's
-/// `max_entries`. See `docs/vendoring.md`.
+/// An implementation over a kernel map is correct when it hands out the addresses the two
+/// `mmap` calls of the map returned (offset 0 for the consumer page, offset `page_size` for
+/// the producer page, with the data area one page further) and the size is the map's
+/// `max_entries` (a wrong size makes the kernel refuse the mapping's length, as long as the
+/// implementation maps `page_size + 2 * size` bytes).
+///
+/// Whether the type is `Send` or `Sync` is the implementor's call, as for any type holding
+/// raw pointers; a `Consumer` is `Send` when its memory is.
 pub unsafe trait RingMemory {
     /// The `consumer_pos` word (start of the consumer page).
     fn consumer_pos(&self) -> &AtomicUsize;

@@ -7,12 +7,14 @@ mod error;
 mod mapping;
 pub mod probe;
 mod ringbuf;
+mod user;
 mod wait;
 
 pub use error::Error;
 pub use mapping::{MapKind, RingMapping};
 pub use probe::{Feature, Support};
 pub use ringbuf::RingBuf;
+pub use user::UserRingBuf;
 pub use wait::WaitStats;
 
 /// The kernel interface crate, re-exported so users name the same types (`MapType`,

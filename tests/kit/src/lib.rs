@@ -17,11 +17,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bpf_ringbuf_sys::btf::{BtfBuilder, FuncLinkage};
 use bpf_ringbuf_sys::insn::{
-    self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R6, R7, R8, R9,
+    self, helper, AluOp, Insn, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9,
 };
 use bpf_ringbuf_sys::{
     map_create, map_lookup_elem, map_update_elem, prog_load, prog_test_run, BpfError, Errno,
-    FuncInfo, MapCreate, MapFlags, MapType, ProgLoad, ProgType, TestRun, TestRunOutput,
+    FuncInfo, MapCreate, MapFlags, MapType, Mapping, ProgLoad, ProgType, TestRun, TestRunOutput,
 };
 
 /// `BPF_RB_NO_WAKEUP`.
@@ -450,4 +450,650 @@ pub fn pin_to_cpu(cpu: usize) {
 /// Number of CPUs this process may run on.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Producer {
+    /// Runs the program `repeat` times (at least once) like [`Producer::run`], but returns
+    /// the output whatever the program returned (`retval` is that of the last run).
+    pub fn try_run(&self, repeat: u32) -> TestRunOutput {
+        prog_test_run(
+            self.fd.as_fd(),
+            &TestRun {
+                data_in: &self.packet,
+                repeat,
+                ..TestRun::default()
+            },
+        )
+        .expect("BPF_PROG_TEST_RUN")
+    }
+}
+
+/// Largest payload a [`VariableOutput`] emits.
+pub const VARIABLE_OUTPUT_MAX: usize = 4096;
+
+/// `retval` of a [`VariableOutput`] run whose `bpf_ringbuf_output` failed (ring full).
+pub const XDP_DROP: u32 = 1;
+
+/// A `bpf_ringbuf_output` producer whose length, flags and payload are set from user space
+/// between runs (in an array map the program reads), so one loaded program emits records
+/// of any size from 0 to [`VARIABLE_OUTPUT_MAX`].
+///
+/// Control value layout: `u32 len`, `u32` unused, `u64 flags`, then the payload bytes.
+pub struct VariableOutput {
+    producer: Producer,
+    control: OwnedFd,
+}
+
+const VARIABLE_OUTPUT_HEADER: usize = 16;
+
+impl VariableOutput {
+    /// Sets the next records' payload and commit flags.
+    pub fn set(&self, payload: &[u8], flags: u64) {
+        assert!(payload.len() <= VARIABLE_OUTPUT_MAX);
+        let mut value = vec![0u8; VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX];
+        value[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
+        value[8..16].copy_from_slice(&flags.to_ne_bytes());
+        value[VARIABLE_OUTPUT_HEADER..][..payload.len()].copy_from_slice(payload);
+        set_array_value(self.control.as_fd(), &value);
+    }
+
+    /// Emits `repeat` records of `payload` with `flags`; panics if the ring refused one.
+    pub fn emit(&self, payload: &[u8], flags: u64, repeat: u32) {
+        self.set(payload, flags);
+        self.producer.run(repeat);
+    }
+
+    /// Emits `repeat` records of `payload` with `flags`; returns whether the last
+    /// `bpf_ringbuf_output` succeeded (`false`: the ring had no room).
+    pub fn try_emit(&self, payload: &[u8], flags: u64, repeat: u32) -> bool {
+        self.set(payload, flags);
+        match self.producer.try_run(repeat).retval {
+            XDP_PASS => true,
+            XDP_DROP => false,
+            other => panic!("variable output program failed ({other})"),
+        }
+    }
+
+    /// The program fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.producer.fd()
+    }
+}
+
+/// A [`VariableOutput`] for `ring`.
+pub fn variable_output(ring: BorrowedFd<'_>) -> VariableOutput {
+    let control = array_map((VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX) as u32);
+    let mut p = Program::new();
+    p.extend(insn::ld_map_value(R6, control.as_fd(), 0))
+        .push(insn::ldx_mem(MemSize::W, R3, R6, 0))
+        // Bounds the length for the verifier (and refuses a bad control value).
+        .jmp_imm_label(JmpOp::JGT, R3, VARIABLE_OUTPUT_MAX as i32, "fail")
+        .push(insn::ldx_mem(MemSize::DW, R4, R6, 8))
+        .push(insn::mov64_reg(R2, R6))
+        .push(insn::alu64_imm(
+            AluOp::ADD,
+            R2,
+            VARIABLE_OUTPUT_HEADER as i32,
+        ))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::call_helper(helper::RINGBUF_OUTPUT))
+        .jmp_imm_label(JmpOp::JNE, R0, 0, "full")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("full")
+        .push(insn::mov64_imm(R0, XDP_DROP as i32))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    let fd = load_xdp(&p, None).expect("load variable output program");
+    VariableOutput {
+        producer: Producer {
+            fd,
+            packet: packet(64),
+        },
+        control,
+    }
+}
+
+/// Size of a [`selftest_sampler`] record: `struct sample { int marker; int seq; long value;
+/// char tail[16]; }` (the kernel selftest's `struct sample`, with a fixed marker and tail
+/// instead of pid and comm).
+pub const SAMPLE_LEN: usize = 32;
+/// The `marker` word of every [`selftest_sampler`] record.
+pub const SAMPLE_MARKER: u32 = 0x5a5a_5a5a;
+/// The two `u64` words of a [`selftest_sampler`] record's tail.
+pub const SAMPLE_TAIL: u64 = 0x0123_4567;
+
+/// Words of a [`selftest_sampler`]'s state map (indexes into [`Sampler::state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SamplerWord {
+    /// In: the `value` of the next sample.
+    Value = 0,
+    /// In: the flags passed to submit, output and discard.
+    Flags = 1,
+    /// Inner: the next sample's `seq`.
+    Seq = 2,
+    /// Out: samples reserved.
+    Total = 3,
+    /// Out: samples copied with `bpf_ringbuf_output` then discarded (odd `seq`).
+    Discarded = 4,
+    /// Out: failed reservations.
+    Dropped = 5,
+    /// Out: `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)` after the last sample.
+    AvailData = 6,
+    /// Out: `bpf_ringbuf_query(BPF_RB_RING_SIZE)`.
+    RingSize = 7,
+    /// Out: `bpf_ringbuf_query(BPF_RB_CONS_POS)`.
+    ConsPos = 8,
+    /// Out: `bpf_ringbuf_query(BPF_RB_PROD_POS)`.
+    ProdPos = 9,
+}
+
+const SAMPLER_WORDS: usize = 10;
+
+/// The BPF side of the kernel selftest `progs/test_ringbuf.c`, as an XDP program: each run
+/// reserves a [`SAMPLE_LEN`]-byte sample; an even `seq` is submitted, an odd one is copied
+/// with `bpf_ringbuf_output` and the reservation discarded (so two runs leave three records:
+/// submitted, copy, discarded); then it stores `bpf_ringbuf_query` results in its state.
+pub struct Sampler {
+    producer: Producer,
+    state: OwnedFd,
+}
+
+impl Sampler {
+    /// Reads the state map.
+    pub fn state(&self) -> [u64; SAMPLER_WORDS] {
+        let mut value = [0u8; SAMPLER_WORDS * 8];
+        map_lookup_elem(self.state.as_fd(), &0u32.to_ne_bytes(), &mut value)
+            .expect("lookup sampler state");
+        let mut words = [0u64; SAMPLER_WORDS];
+        for (word, bytes) in words.iter_mut().zip(value.chunks_exact(8)) {
+            *word = u64::from_ne_bytes(bytes.try_into().unwrap());
+        }
+        words
+    }
+
+    /// One word of the state.
+    pub fn get(&self, word: SamplerWord) -> u64 {
+        self.state()[word as usize]
+    }
+
+    /// Sets one word of the state.
+    pub fn set(&self, word: SamplerWord, value: u64) {
+        let mut words = self.state();
+        words[word as usize] = value;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        set_array_value(self.state.as_fd(), &bytes);
+    }
+
+    /// The selftest's `trigger_samples`: clears the counters, then one sample with value 333
+    /// and one with 777.
+    pub fn trigger_samples(&self) {
+        for word in [
+            SamplerWord::Dropped,
+            SamplerWord::Total,
+            SamplerWord::Discarded,
+        ] {
+            self.set(word, 0);
+        }
+        self.set(SamplerWord::Value, 333);
+        self.producer.run(1);
+        self.set(SamplerWord::Value, 777);
+        self.producer.run(1);
+    }
+
+    /// Runs the program once with the current state.
+    pub fn run(&self) {
+        self.producer.run(1);
+    }
+}
+
+/// Decodes a [`selftest_sampler`] record: (seq, value); checks the marker and the tail.
+pub fn sample(record: &[u8]) -> (u32, u64) {
+    assert_eq!(record.len(), SAMPLE_LEN);
+    let word = |at: usize| u64::from_ne_bytes(record[at..at + 8].try_into().unwrap());
+    assert_eq!(
+        u32::from_ne_bytes(record[..4].try_into().unwrap()),
+        SAMPLE_MARKER
+    );
+    assert_eq!((word(16), word(24)), (SAMPLE_TAIL, SAMPLE_TAIL));
+    let seq = u32::from_ne_bytes(record[4..8].try_into().unwrap());
+    (seq, word(8))
+}
+
+/// A [`Sampler`] for `ring`.
+pub fn selftest_sampler(ring: BorrowedFd<'_>) -> Sampler {
+    let state = array_map((SAMPLER_WORDS * 8) as u32);
+    let at = |word: SamplerWord| (word as usize * 8) as i16;
+    let mut p = Program::new();
+    p.extend(insn::ld_map_value(R6, state.as_fd(), 0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, SAMPLE_LEN as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "dropped")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::st_mem(MemSize::W, R7, 0, SAMPLE_MARKER as i32))
+        .push(insn::ldx_mem(MemSize::DW, R8, R6, at(SamplerWord::Seq)))
+        .push(insn::stx_mem(MemSize::W, R7, R8, 4))
+        .push(insn::mov64_reg(R1, R8))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R6, R1, at(SamplerWord::Seq)))
+        .push(insn::ldx_mem(MemSize::DW, R1, R6, at(SamplerWord::Value)))
+        .push(insn::stx_mem(MemSize::DW, R7, R1, 8))
+        .push(insn::st_mem(MemSize::DW, R7, 16, SAMPLE_TAIL as i32))
+        .push(insn::st_mem(MemSize::DW, R7, 24, SAMPLE_TAIL as i32))
+        .push(insn::ldx_mem(MemSize::DW, R1, R6, at(SamplerWord::Total)))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R6, R1, at(SamplerWord::Total)))
+        .jmp_imm_label(JmpOp::JSET, R8, 1, "odd")
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::ldx_mem(MemSize::DW, R2, R6, at(SamplerWord::Flags)))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .ja_label("query")
+        .label("odd")
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_reg(R2, R7))
+        .push(insn::mov64_imm(R3, SAMPLE_LEN as i32))
+        .push(insn::ldx_mem(MemSize::DW, R4, R6, at(SamplerWord::Flags)))
+        .push(insn::call_helper(helper::RINGBUF_OUTPUT))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::ldx_mem(MemSize::DW, R2, R6, at(SamplerWord::Flags)))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::ldx_mem(
+            MemSize::DW,
+            R1,
+            R6,
+            at(SamplerWord::Discarded),
+        ))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(
+            MemSize::DW,
+            R6,
+            R1,
+            at(SamplerWord::Discarded),
+        ))
+        .label("query");
+    for (selector, word) in [
+        (helper::RB_AVAIL_DATA, SamplerWord::AvailData),
+        (helper::RB_RING_SIZE, SamplerWord::RingSize),
+        (helper::RB_CONS_POS, SamplerWord::ConsPos),
+        (helper::RB_PROD_POS, SamplerWord::ProdPos),
+    ] {
+        p.extend(insn::ld_map_fd(R1, ring))
+            .push(insn::mov64_imm(R2, selector))
+            .push(insn::call_helper(helper::RINGBUF_QUERY))
+            .push(insn::stx_mem(MemSize::DW, R6, R0, at(word)));
+    }
+    p.push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("dropped")
+        .push(insn::ldx_mem(MemSize::DW, R1, R6, at(SamplerWord::Dropped)))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R6, R1, at(SamplerWord::Dropped)))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit());
+    Sampler {
+        producer: Producer {
+            fd: load_xdp(&p, None).expect("load selftest sampler"),
+            packet: packet(64),
+        },
+        state,
+    }
+}
+
+/// What a [`double_reserve`] run did, from its `retval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoubleReserve {
+    /// The first reservation failed.
+    FirstRefused,
+    /// The first reservation succeeded, the second failed; the first was discarded.
+    SecondRefused,
+    /// Both reservations succeeded (both were discarded).
+    BothGranted,
+}
+
+/// The BPF side of the kernel selftest `progs/test_ringbuf_write.c`: reserves `size` bytes
+/// twice, then discards what it got. Run it with [`run_double_reserve`].
+pub fn double_reserve(ring: BorrowedFd<'_>, size: u32) -> Producer {
+    let mut p = Program::new();
+    p.extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, size as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "first_refused")
+        .push(insn::mov64_reg(R6, R0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, size as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "second_refused")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, 2))
+        .push(insn::exit())
+        .label("second_refused")
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit())
+        .label("first_refused")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    Producer {
+        fd: load_xdp(&p, None).expect("load double reserve program"),
+        packet: packet(64),
+    }
+}
+
+/// Runs a [`double_reserve`] program once and decodes what it did.
+pub fn run_double_reserve(producer: &Producer) -> DoubleReserve {
+    match producer.try_run(1).retval {
+        0 => DoubleReserve::FirstRefused,
+        1 => DoubleReserve::SecondRefused,
+        2 => DoubleReserve::BothGranted,
+        other => panic!("double reserve program returned {other}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// USER_RINGBUF: kernel programs that drain what user space produced.
+
+/// A loaded XDP program whose return value is what `bpf_user_ringbuf_drain` returned.
+pub struct Drainer {
+    fd: OwnedFd,
+    packet: Vec<u8>,
+}
+
+impl Drainer {
+    /// Runs the program once (on the calling CPU); returns the drain's return value: the
+    /// number of samples delivered, or a negative errno (`-EINVAL`, `-E2BIG`, `-EBUSY`).
+    pub fn drain(&self) -> i64 {
+        let output = prog_test_run(
+            self.fd.as_fd(),
+            &TestRun {
+                data_in: &self.packet,
+                repeat: 1,
+                ..TestRun::default()
+            },
+        )
+        .expect("BPF_PROG_TEST_RUN");
+        // The program returns the helper's `long` result; test_run reports its low 32 bits.
+        i64::from(output.retval as i32)
+    }
+
+    /// The program fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Main program: `return bpf_user_ringbuf_drain(user_ring, callback, NULL, flags)`, followed
+/// by the callback's instructions under the label "callback".
+fn drain_program(user_ring: BorrowedFd<'_>, flags: u64, callback: &[Insn]) -> Program {
+    let mut p = Program::new();
+    p.extend(insn::ld_map_fd(R1, user_ring))
+        .ld_pseudo_func_label(R2, "callback")
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::mov64_imm(R4, flags as i32))
+        .push(insn::call_helper(helper::USER_RINGBUF_DRAIN))
+        .push(insn::exit())
+        .label("callback")
+        .extend(callback.iter().copied());
+    p
+}
+
+fn load_drainer(p: &Program, what: &str) -> Drainer {
+    let callback = p.label_index("callback").expect("callback label") as u32;
+    let (btf, func_info) = btf_main_and_callback(callback);
+    Drainer {
+        fd: load_xdp(p, Some((&btf, &func_info)))
+            .unwrap_or_else(|error| panic!("load {what}: {error}")),
+        packet: packet(64),
+    }
+}
+
+/// A program that drains `user_ring` with `flags` (`NO_WAKEUP`, `FORCE_WAKEUP` or 0); its
+/// callback accepts every sample and does nothing with it.
+pub fn user_ringbuf_drain(user_ring: BorrowedFd<'_>, flags: u64) -> Drainer {
+    let callback = [insn::mov64_imm(R0, 0), insn::exit()];
+    load_drainer(&drain_program(user_ring, flags, &callback), "drain program")
+}
+
+/// Bytes of the scratch array value a [`user_ringbuf_forward`] program with `max_len` needs.
+pub fn forward_scratch_size(max_len: u32) -> u32 {
+    FORWARD_BUFFER + max_len
+}
+
+/// `bpf_dynptr_read(dst, len, src, offset, flags)` (include/uapi/linux/bpf.h).
+const DYNPTR_READ: u32 = 201;
+
+/// Offset of the copy buffer in the scratch value; before it: the probed length (u64) and the
+/// failure counter (u64).
+const FORWARD_BUFFER: u32 = 16;
+/// Offset of the failure counter in the scratch value.
+pub const FORWARD_FAILURES: usize = 8;
+
+/// A program that drains `user_ring` and re-emits every sample, byte for byte, into the
+/// RINGBUF `kernel_ring` (`bpf_ringbuf_output`). `scratch` is a one-element array whose value
+/// is [`forward_scratch_size(max_len)`](forward_scratch_size) bytes; samples up to `max_len`
+/// bytes are forwarded.
+///
+/// The callback learns each sample's length without helpers beyond `bpf_dynptr_read`: a
+/// one-byte read at `offset` succeeds iff `offset < len`, so a binary search over the length
+/// bits finds it. The search state lives in the scratch map value, so the verifier sees one
+/// unknown scalar rather than a path per length. The sample is then copied into the scratch
+/// value with `bpf_dynptr_read` and output. Failures (sample longer than `max_len`, ring full)
+/// are counted at byte [`FORWARD_FAILURES`] of the scratch value (a `u64`).
+pub fn user_ringbuf_forward(
+    user_ring: BorrowedFd<'_>,
+    kernel_ring: BorrowedFd<'_>,
+    scratch: BorrowedFd<'_>,
+    max_len: u32,
+) -> Drainer {
+    assert!(max_len >= 1);
+    let top_bit = 31 - max_len.leading_zeros();
+    let mut cb = Program::new();
+    cb.push(insn::mov64_reg(R6, R1))
+        // r9 = &scratch[0]
+        .push(insn::st_mem(MemSize::W, R10, -4, 0))
+        .extend(insn::ld_map_fd(R1, scratch))
+        .push(insn::mov64_reg(R2, R10))
+        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
+        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "no_scratch")
+        .push(insn::mov64_reg(R9, R0))
+        .push(insn::st_mem(MemSize::DW, R9, 0, 0));
+    for bit in (0..=top_bit).rev() {
+        let next = format!("bit{bit}");
+        // r7 = found | 1 << bit; does byte r7 - 1 exist?
+        cb.push(insn::ldx_mem(MemSize::DW, R7, R9, 0))
+            .push(insn::alu64_imm(AluOp::OR, R7, 1 << bit))
+            .push(insn::mov64_reg(R1, R10))
+            .push(insn::alu64_imm(AluOp::ADD, R1, -16))
+            .push(insn::mov64_imm(R2, 1))
+            .push(insn::mov64_reg(R3, R6))
+            .push(insn::mov64_reg(R4, R7))
+            .push(insn::alu64_imm(AluOp::ADD, R4, -1))
+            .push(insn::mov64_imm(R5, 0))
+            .push(insn::call_helper(DYNPTR_READ))
+            .jmp_imm_label(JmpOp::JNE, R0, 0, &next)
+            .push(insn::stx_mem(MemSize::DW, R9, R7, 0))
+            .label(&next);
+    }
+    cb.push(insn::ldx_mem(MemSize::DW, R8, R9, 0))
+        .jmp_imm_label(JmpOp::JGT, R8, max_len as i32, "failed")
+        // bpf_dynptr_read(&scratch.buffer, len, dynptr, 0, 0)
+        .push(insn::mov64_reg(R1, R9))
+        .push(insn::alu64_imm(AluOp::ADD, R1, FORWARD_BUFFER as i32))
+        .push(insn::mov64_reg(R2, R8))
+        .push(insn::mov64_reg(R3, R6))
+        .push(insn::mov64_imm(R4, 0))
+        .push(insn::mov64_imm(R5, 0))
+        .push(insn::call_helper(DYNPTR_READ))
+        .jmp_imm_label(JmpOp::JNE, R0, 0, "failed")
+        // bpf_ringbuf_output(kernel_ring, &scratch.buffer, len, 0)
+        .extend(insn::ld_map_fd(R1, kernel_ring))
+        .push(insn::mov64_reg(R2, R9))
+        .push(insn::alu64_imm(AluOp::ADD, R2, FORWARD_BUFFER as i32))
+        .push(insn::mov64_reg(R3, R8))
+        .push(insn::mov64_imm(R4, 0))
+        .push(insn::call_helper(helper::RINGBUF_OUTPUT))
+        .jmp_imm_label(JmpOp::JNE, R0, 0, "failed")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit())
+        .label("failed")
+        .push(insn::ldx_mem(MemSize::DW, R1, R9, FORWARD_FAILURES as i16))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R9, R1, FORWARD_FAILURES as i16))
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit())
+        .label("no_scratch")
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit());
+    let callback = cb.build().expect("assemble forward callback");
+    load_drainer(&drain_program(user_ring, 0, &callback), "forward program")
+}
+
+/// The failure counter of a [`user_ringbuf_forward`] program's scratch map.
+pub fn forward_failures(scratch: BorrowedFd<'_>, max_len: u32) -> u64 {
+    let mut value = vec![0u8; forward_scratch_size(max_len) as usize];
+    map_lookup_elem(scratch, &0u32.to_ne_bytes(), &mut value).expect("lookup scratch");
+    u64::from_ne_bytes(
+        value[FORWARD_FAILURES..FORWARD_FAILURES + 8]
+            .try_into()
+            .unwrap(),
+    )
+}
+
+/// Tries to map `len` bytes of a map fd at `offset` with the given protection.
+pub fn try_map(
+    map: BorrowedFd<'_>,
+    offset: usize,
+    len: usize,
+    prot: rustix::mm::ProtFlags,
+) -> Result<Mapping, rustix::io::Errno> {
+    Mapping::map_shared(map, offset as u64, len, prot)
+}
+
+/// `mprotect` on a whole mapping made by [`try_map`].
+pub fn try_mprotect(
+    mapping: &Mapping,
+    prot: rustix::mm::MprotectFlags,
+) -> Result<(), rustix::io::Errno> {
+    // SAFETY: the range is exactly a mapping we own; changing its protection cannot affect
+    // Rust-owned memory. Only raw pointers to it exist, so no reference is invalidated.
+    unsafe { rustix::mm::mprotect(mapping.as_ptr().as_ptr().cast(), mapping.len(), prot) }
+}
+
+/// Raw write access to a USER_RINGBUF's producer page and data area, bypassing the protocol:
+/// to post the malformed samples the kernel must reject.
+pub struct RawUserRing {
+    consumer_page: Mapping,
+    producer_and_data: Mapping,
+    size: usize,
+}
+
+impl RawUserRing {
+    /// Maps the USER_RINGBUF `map` of `size` bytes (consumer page read-only, the rest
+    /// read-write).
+    pub fn new(map: BorrowedFd<'_>, size: usize) -> Self {
+        use rustix::mm::ProtFlags;
+        let page = page_size();
+        RawUserRing {
+            consumer_page: try_map(map, 0, page, ProtFlags::READ).expect("map consumer page"),
+            producer_and_data: try_map(
+                map,
+                page,
+                page + 2 * size,
+                ProtFlags::READ | ProtFlags::WRITE,
+            )
+            .expect("map producer page and data"),
+            size,
+        }
+    }
+
+    fn word_u64(&self, mapping: &Mapping, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= mapping.len());
+        // SAFETY: in bounds (checked), 8-byte aligned (page-aligned mapping, offset multiple
+        // of 8); the mapping lives as long as `self`; shared words are only accessed
+        // atomically.
+        unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(mapping.as_ptr().as_ptr().add(offset).cast())
+        }
+    }
+
+    /// The kernel's `consumer_pos`.
+    pub fn consumer_pos(&self) -> u64 {
+        self.word_u64(&self.consumer_page, 0)
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `producer_pos`.
+    pub fn producer_pos(&self) -> u64 {
+        self.word_u64(&self.producer_and_data, 0)
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Store-releases `producer_pos` (pairs with the kernel's smp_load_acquire in
+    /// `__bpf_user_ringbuf_peek`).
+    pub fn set_producer_pos(&self, position: u64) {
+        self.word_u64(&self.producer_and_data, 0)
+            .store(position, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Writes the 8-byte header `{len, 0}` at ring position `position`.
+    pub fn write_header(&self, position: u64, len: u32) {
+        let offset = page_size() + (position as usize & (self.size - 1));
+        self.word_u64(&self.producer_and_data, offset)
+            .store(u64::from(len), std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A private BPF filesystem mounted on a fresh temporary directory, for tests that pin
+/// objects; unmounted (and the directory removed) on drop. Needs `CAP_SYS_ADMIN`; uses the
+/// mount(2) system call, so no `mount` binary is needed.
+pub struct PrivateBpffs {
+    dir: std::path::PathBuf,
+}
+
+impl PrivateBpffs {
+    /// Mounts a new bpffs instance on a new directory under the system's temporary directory.
+    pub fn new() -> Result<Self, rustix::io::Errno> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bpf-ringbuf-bpffs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|_| rustix::io::Errno::IO)?;
+        if let Err(errno) =
+            rustix::mount::mount("bpf", &dir, "bpf", rustix::mount::MountFlags::empty(), None)
+        {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(errno);
+        }
+        Ok(PrivateBpffs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        // Detach even if a pin is still open elsewhere; the pins go with the instance.
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
