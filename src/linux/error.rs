@@ -1,8 +1,10 @@
 use std::fmt;
 use std::io;
+use std::string::String;
 
 use bpf_ringbuf_sys::{BpfError, MapType};
 
+use super::probe::Feature;
 use crate::error::{GeometryError, ReadError};
 use crate::producer::ReserveError;
 use crate::RingId;
@@ -54,6 +56,14 @@ pub enum Error {
         /// Whether the map was created with `BPF_F_RB_OVERWRITE`.
         map_overwrites: bool,
     },
+    /// The running kernel lacks a feature: a ring map type or a creation flag (see
+    /// [`probe`](crate::probe)).
+    Unsupported {
+        /// The missing feature.
+        feature: Feature,
+        /// The running kernel's release (`uname -r`).
+        kernel_release: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -89,6 +99,16 @@ impl fmt::Display for Error {
                 f,
                 "this process already has a producer for USER_RINGBUF map {map_id}"
             ),
+            Self::Unsupported {
+                feature,
+                kernel_release,
+            } => match feature.since() {
+                Some(since) => write!(
+                    f,
+                    "Linux {kernel_release} does not support {feature} (needs Linux {since} or newer)"
+                ),
+                None => write!(f, "Linux {kernel_release} does not support {feature}"),
+            },
         }
     }
 }
@@ -104,7 +124,8 @@ impl std::error::Error for Error {
             Self::Reserve(error) => Some(error),
             Self::WrongMapType { .. }
             | Self::ProducerExists { .. }
-            | Self::OverwriteMode { .. } => None,
+            | Self::OverwriteMode { .. }
+            | Self::Unsupported { .. } => None,
         }
     }
 }
@@ -135,6 +156,9 @@ impl From<Error> for io::Error {
             Error::Bpf(error) => error.into(),
             Error::Reserve(error @ ReserveError::NoSpace { .. }) => {
                 io::Error::new(io::ErrorKind::WouldBlock, error)
+            }
+            unsupported @ Error::Unsupported { .. } => {
+                io::Error::new(io::ErrorKind::Unsupported, unsupported)
             }
             other => io::Error::new(io::ErrorKind::InvalidInput, other),
         }

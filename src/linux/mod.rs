@@ -9,6 +9,7 @@ mod flush;
 mod mapping;
 mod overwrite;
 mod poller;
+pub mod probe;
 mod ringbuf;
 mod space;
 #[cfg(feature = "tokio")]
@@ -22,6 +23,7 @@ pub use flush::{Flusher, WaitOutcome};
 pub use mapping::{MapKind, RingMapping};
 pub use overwrite::OverwriteRingBuf;
 pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
+pub use probe::{Feature, Support};
 pub use ringbuf::RingBuf;
 pub use space::UserRingSpace;
 #[cfg(feature = "tokio")]
