@@ -27,7 +27,7 @@ fn overwrite_map(size: usize) -> OwnedFd {
 }
 
 #[test]
-fn the_probe_gives_a_clear_answer_on_every_kernel() {
+fn overwrite_probe_gives_a_clear_answer_on_every_kernel() {
     require_kernel!();
     let feature = Feature::RingFlags {
         map_type: MapType::RINGBUF,
@@ -69,7 +69,7 @@ fn the_probe_gives_a_clear_answer_on_every_kernel() {
 }
 
 #[test]
-fn each_reader_refuses_the_other_mode() {
+fn overwrite_each_reader_refuses_the_other_mode() {
     require_kernel!();
     let normal = kit::ringbuf_map(kit::page_size());
     let error = OverwriteRingBuf::new(&normal).unwrap_err();
@@ -99,7 +99,7 @@ fn each_reader_refuses_the_other_mode() {
 
 /// progs/test_ringbuf_overwrite.c and prog_tests/ringbuf.c `ringbuf_overwrite_mode`.
 #[test]
-fn selftest_scenario() {
+fn overwrite_selftest_scenario() {
     require_kernel!();
     require_feature!(overwrite_missing());
     let size = kit::page_size();
@@ -158,7 +158,7 @@ fn sequences(records: &[Vec<u8>]) -> Vec<u64> {
 }
 
 #[test]
-fn a_burst_of_ten_ring_sizes_leaves_exactly_the_newest_records() {
+fn overwrite_burst_of_ten_ring_sizes_leaves_exactly_the_newest_records() {
     require_kernel!();
     require_feature!(overwrite_missing());
     let size = kit::page_size();
@@ -186,7 +186,7 @@ fn a_burst_of_ten_ring_sizes_leaves_exactly_the_newest_records() {
 }
 
 #[test]
-fn a_reader_racing_a_lapping_producer_delivers_no_torn_record() {
+fn overwrite_reader_racing_a_lapping_producer_delivers_no_torn_record() {
     require_kernel!();
     require_feature!(overwrite_missing());
     let map = overwrite_map(kit::page_size());
@@ -244,7 +244,7 @@ fn a_reader_racing_a_lapping_producer_delivers_no_torn_record() {
 }
 
 #[test]
-fn wait_returns_when_the_producer_commits() {
+fn overwrite_wait_returns_when_the_producer_commits() {
     require_kernel!();
     require_feature!(overwrite_missing());
     let map = overwrite_map(kit::page_size());
