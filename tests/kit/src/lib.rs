@@ -1145,7 +1145,8 @@ pub fn sequence_filled(ring: BorrowedFd<'_>, sequence: BorrowedFd<'_>, len: u32)
     }
 }
 
-/// What [`overwrite_selftest`]'s program reports: bit `n` set when reservation `n + 1` failed.
+/// The reservations of an [`overwrite_selftest`] run that did not behave as the selftest
+/// expects (1, 2, 4 and 5 granted; 3 refused): an empty list when all did.
 pub fn overwrite_selftest_failures(retval: u32) -> Vec<u32> {
     (0..5)
         .filter(|bit| retval & (1 << (bit + 4)) != 0)
@@ -1157,8 +1158,8 @@ pub fn overwrite_selftest_failures(retval: u32) -> Vec<u32> {
 /// for a one-page ring: reserve `len1` and `len2`, try `len3` (expected to fail: uncommitted
 /// records fill the ring), reserve `len4`, submit 1, 2 and 4, then reserve `len3` again — which
 /// overwrites record 1 — fill it with 0xdd and submit it. Records 1, 2 and 4 get their first 8
-/// bytes set to 0xaa, 0xbb and 0xcc. Returns `XDP_PASS | failures << 4` (see
-/// [`overwrite_selftest_failures`]).
+/// bytes set to 0xaa, 0xbb and 0xcc. Returns `XDP_PASS`, with bit `4 + n - 1` set when
+/// reservation `n` did not behave as expected (see [`overwrite_selftest_failures`]).
 pub fn overwrite_selftest(ring: BorrowedFd<'_>, lens: [u32; 4]) -> Producer {
     let [len1, len2, len3, len4] = lens;
     let mut p = Program::new();
