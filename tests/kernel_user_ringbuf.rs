@@ -13,7 +13,7 @@ use bpf_ringbuf::model::{HeapRing, KernelDrain, Wakeup};
 use bpf_ringbuf::producer::{MAX_SAMPLES_PER_DRAIN, MAX_SAMPLE_LEN};
 use bpf_ringbuf::sys::MapType;
 use bpf_ringbuf::{Error, Producer, ReserveError, RingBuf, UserRingBuf};
-use bpf_ringbuf_testkit::{self as kit, require_kernel};
+use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
 
 const EINVAL: i64 = 22;
 const E2BIG: i64 = 7;
@@ -42,6 +42,7 @@ fn write_samples(ring: &UserRingBuf, count: usize, first_seq: u32) -> Result<(),
 fn mappings_have_the_kernel_permissions() {
     use bpf_ringbuf::sys::rustix::mm::{MprotectFlags, ProtFlags};
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let page = kit::page_size();
     let map = kit::user_ringbuf_map(page);
     let fd = map.as_fd();
@@ -68,6 +69,7 @@ fn mappings_have_the_kernel_permissions() {
 #[test]
 fn map_type_is_checked_and_one_producer_per_map() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let user_map = kit::user_ringbuf_map(4096);
     let kernel_map = kit::ringbuf_map(4096);
     match UserRingBuf::new(&kernel_map) {
@@ -134,6 +136,7 @@ fn post_invalid_sample(len: u32, producer_pos: u64, errno: i64) {
 #[test]
 fn misaligned_producer_pos_is_einval() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     // The selftest's post_misaligned: a 39-byte sample published at producer_pos 47.
     post_invalid_sample(39, 39 + 8, EINVAL);
 }
@@ -141,6 +144,7 @@ fn misaligned_producer_pos_is_einval() {
 #[test]
 fn sample_past_producer_pos_is_einval() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     // The selftest's post_producer_wrong_offset: a 32-byte sample (40 bytes) with only 32
     // bytes produced.
     post_invalid_sample(32, 32, EINVAL);
@@ -149,6 +153,7 @@ fn sample_past_producer_pos_is_einval() {
 #[test]
 fn sample_larger_than_the_ring_is_e2big_and_refused_by_the_producer() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     // The selftest's post_larger_than_ringbuf_sz.
     post_invalid_sample(4096, 4096 + 8, E2BIG);
     // Our producer never publishes such a header.
@@ -175,6 +180,7 @@ fn sample_larger_than_the_ring_is_e2big_and_refused_by_the_producer() {
 #[test]
 fn basic_submit_and_drain() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
@@ -238,6 +244,7 @@ impl Forward {
 #[test]
 fn full_size_sample_round_trips() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let mut forward = Forward::new(4096, 16384, 4088);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let bytes = sample_bytes(9, 4088);
@@ -261,6 +268,7 @@ fn full_size_sample_round_trips() {
 #[test]
 fn odd_sizes_are_aligned_and_arrive_intact() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let mut forward = Forward::new(4096, 16384, 256);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let mut expected = Vec::new();
@@ -285,6 +293,7 @@ fn odd_sizes_are_aligned_and_arrive_intact() {
 #[test]
 fn overfill_is_refused_and_corrupts_nothing() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let mut forward = Forward::new(4096, 16384, SAMPLE_LEN as u32);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let max_entries = 4096 / 48;
@@ -316,6 +325,7 @@ fn overfill_is_refused_and_corrupts_nothing() {
 #[test]
 fn discards_are_skipped_and_their_space_reused() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
@@ -349,6 +359,7 @@ fn discards_are_skipped_and_their_space_reused() {
 #[test]
 fn eight_thousand_samples_in_a_loop() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
@@ -373,6 +384,7 @@ fn eight_thousand_samples_in_a_loop() {
 #[test]
 fn one_drain_visits_at_most_131072_samples() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let extra = 100;
     let size = 2 << 20; // holds 131072 + extra empty samples of 8 bytes
     let map = kit::user_ringbuf_map(size);
@@ -403,6 +415,7 @@ fn one_drain_visits_at_most_131072_samples() {
 #[test]
 fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
@@ -449,6 +462,7 @@ fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
 #[test]
 fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let ring = UserRingBuf::new(&map).unwrap();
     let silent = kit::user_ringbuf_drain(map.as_fd(), kit::NO_WAKEUP);
@@ -479,6 +493,7 @@ fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
 #[test]
 fn a_held_reservation_holds_back_later_samples_until_committed() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let mut forward = Forward::new(4096, 16384, 64);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let mut first = ring.reserve(10).unwrap();
@@ -508,6 +523,7 @@ fn a_held_reservation_holds_back_later_samples_until_committed() {
 #[test]
 fn opens_from_a_pinned_path() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     // A private BPF filesystem, so the test neither needs nor touches /sys/fs/bpf.
     let bpffs = kit::PrivateBpffs::new().expect("mount a private bpffs");
@@ -527,6 +543,7 @@ fn opens_from_a_pinned_path() {
 #[test]
 fn round_trip_random_sizes_across_wraparound() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let user_size = 16384;
     let max_len = 3000;
     let mut forward = Forward::new(user_size, 4 * user_size, max_len as u32);
@@ -603,6 +620,7 @@ fn round_trip_random_sizes_across_wraparound() {
 #[test]
 fn kernel_and_model_drain_the_same_sequence_alike() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     // The same operations on a real map and on the heap model: positions, results and the
     // payloads must agree at every step.
     let size = 4096;
@@ -638,6 +656,7 @@ fn kernel_and_model_drain_the_same_sequence_alike() {
 #[test]
 fn wakeups_follow_the_drain_flags_when_nothing_is_drained() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let ring = UserRingBuf::new(&map).unwrap();
     // A BUSY head: drains visit no sample. 64 bytes stay free: the fd is writable (the

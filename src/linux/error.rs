@@ -1,8 +1,10 @@
 use std::fmt;
 use std::io;
+use std::string::String;
 
 use bpf_ringbuf_sys::{BpfError, MapType};
 
+use super::probe::Feature;
 use crate::error::{GeometryError, ReadError};
 use crate::producer::ReserveError;
 use crate::RingId;
@@ -47,6 +49,21 @@ pub enum Error {
         /// The map's id.
         map_id: u32,
     },
+    /// The map's overwrite mode (`BPF_F_RB_OVERWRITE`) is not the one this reader handles:
+    /// overwrite-mode rings are read with [`OverwriteRingBuf`](crate::OverwriteRingBuf)
+    /// (copy, then validate), others with [`RingBuf`](crate::RingBuf) (zero-copy).
+    OverwriteMode {
+        /// Whether the map was created with `BPF_F_RB_OVERWRITE`.
+        map_overwrites: bool,
+    },
+    /// The running kernel lacks a feature: a ring map type or a creation flag (see
+    /// [`probe`](crate::probe)).
+    Unsupported {
+        /// The missing feature.
+        feature: Feature,
+        /// The running kernel's release (`uname -r`).
+        kernel_release: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -65,10 +82,33 @@ impl fmt::Display for Error {
             } => write!(f, "ring {}: {error}", ring.get()),
             Self::Read { ring: None, error } => error.fmt(f),
             Self::Reserve(error) => error.fmt(f),
+            Self::OverwriteMode {
+                map_overwrites: true,
+            } => write!(
+                f,
+                "map was created with BPF_F_RB_OVERWRITE: the kernel may overwrite records while \
+                 they are read, so zero-copy reads are refused; read it with OverwriteRingBuf"
+            ),
+            Self::OverwriteMode {
+                map_overwrites: false,
+            } => write!(
+                f,
+                "map was not created with BPF_F_RB_OVERWRITE: read it with RingBuf"
+            ),
             Self::ProducerExists { map_id } => write!(
                 f,
                 "this process already has a producer for USER_RINGBUF map {map_id}"
             ),
+            Self::Unsupported {
+                feature,
+                kernel_release,
+            } => match feature.since() {
+                Some(since) => write!(
+                    f,
+                    "Linux {kernel_release} does not support {feature} (needs Linux {since} or newer)"
+                ),
+                None => write!(f, "Linux {kernel_release} does not support {feature}"),
+            },
         }
     }
 }
@@ -82,7 +122,10 @@ impl std::error::Error for Error {
             Self::Io(error) => Some(error),
             Self::Read { error, .. } => Some(error),
             Self::Reserve(error) => Some(error),
-            Self::WrongMapType { .. } | Self::ProducerExists { .. } => None,
+            Self::WrongMapType { .. }
+            | Self::ProducerExists { .. }
+            | Self::OverwriteMode { .. }
+            | Self::Unsupported { .. } => None,
         }
     }
 }
@@ -113,6 +156,9 @@ impl From<Error> for io::Error {
             Error::Bpf(error) => error.into(),
             Error::Reserve(error @ ReserveError::NoSpace { .. }) => {
                 io::Error::new(io::ErrorKind::WouldBlock, error)
+            }
+            unsupported @ Error::Unsupported { .. } => {
+                io::Error::new(io::ErrorKind::Unsupported, unsupported)
             }
             other => io::Error::new(io::ErrorKind::InvalidInput, other),
         }

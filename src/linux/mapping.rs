@@ -6,7 +6,7 @@ use rustix::mm::ProtFlags;
 
 use crate::error::GeometryError;
 use crate::geometry::Geometry;
-use crate::memory::{RingMemory, RingMemoryMut};
+use crate::memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 use crate::sync::atomic::{AtomicU32, AtomicUsize};
 use crate::Error;
 
@@ -178,6 +178,25 @@ unsafe impl RingMemoryMut for RingMapping {
         // data area (mapped writable for USER_RINGBUF), and exclusive access while the slice
         // lives.
         unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr().add(offset), len) }
+    }
+}
+
+// SAFETY: `overwrite_pos` is the producer page's third word (byte 16, Linux 6.19's layout:
+// producer_pos, pending_pos, overwrite_pos); on older kernels it is a word of the zeroed
+// producer page that stays 0. `data_word` addresses the double-mapped data area, which spans
+// `2 * size` bytes; offsets past it are refused with a panic.
+unsafe impl OverwriteMemory for RingMapping {
+    #[inline]
+    fn overwrite_pos(&self) -> &AtomicUsize {
+        self.producer_page_word(16)
+    }
+
+    #[inline]
+    fn data_word(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= 2 * self.geometry.size());
+        // SAFETY: in bounds of the double-mapped data area (checked) and 4-byte aligned; the
+        // mapping lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
     }
 }
 

@@ -7,7 +7,9 @@ mod drops;
 mod error;
 mod flush;
 mod mapping;
+mod overwrite;
 mod poller;
+pub mod probe;
 mod ringbuf;
 mod space;
 #[cfg(feature = "tokio")]
@@ -19,7 +21,9 @@ pub use drops::DropCounter;
 pub use error::Error;
 pub use flush::{Flusher, WaitOutcome};
 pub use mapping::{MapKind, RingMapping};
+pub use overwrite::OverwriteRingBuf;
 pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
+pub use probe::{Feature, Support};
 pub use ringbuf::RingBuf;
 pub use space::UserRingSpace;
 #[cfg(feature = "tokio")]

@@ -37,6 +37,35 @@ fn kernel_or_skip() -> bool {
     }
 }
 
+/// Whether the kernel has `BPF_MAP_TYPE_USER_RINGBUF` (Linux 6.1); prints `skipped: <reason>`
+/// when it does not. A 6.1+ kernel without it fails under `BPF_RINGBUF_REQUIRE_KERNEL=1`.
+fn user_ringbuf_or_skip() -> bool {
+    let probe = map_create(&MapCreate::new(
+        MapType::USER_RINGBUF,
+        0,
+        0,
+        page_size() as u32,
+    ));
+    match probe {
+        Ok(_) => true,
+        Err(e) if e.errno() == Errno::INVAL => {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+            let release = release.trim();
+            let mut version = release.split(|c: char| !c.is_ascii_digit());
+            let major: u32 = version.next().unwrap().parse().unwrap();
+            let minor: u32 = version.next().unwrap().parse().unwrap();
+            let required = std::env::var("BPF_RINGBUF_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+            assert!(
+                !(required && (major, minor) >= (6, 1)),
+                "Linux {release} refuses BPF_MAP_TYPE_USER_RINGBUF: {e}"
+            );
+            eprintln!("skipped: Linux {release} lacks BPF_MAP_TYPE_USER_RINGBUF (needs 6.1+): {e}");
+            false
+        }
+        Err(e) => panic!("unexpected error probing USER_RINGBUF: {e}"),
+    }
+}
+
 fn ringbuf(size: u32) -> OwnedFd {
     map_create(&MapCreate::new(MapType::RINGBUF, 0, 0, size)).expect("create RINGBUF")
 }
@@ -173,7 +202,7 @@ fn xdp_ringbuf_output_produces_records() {
 
 #[test]
 fn user_ringbuf_drain_with_btf_callback() {
-    if !kernel_or_skip() {
+    if !kernel_or_skip() || !user_ringbuf_or_skip() {
         return;
     }
     let page = page_size();

@@ -6,6 +6,11 @@
 //! Tests that need bpf(2) start with [`require_kernel!`]. With `BPF_RINGBUF_REQUIRE_KERNEL=1`
 //! (CI sets it) a missing kernel is a failure; otherwise the test prints why it skips and
 //! returns.
+//!
+//! Tests that need a newer kernel *feature* (a map type or flag the oldest supported kernel
+//! lacks) add [`require_feature!`] with a probe such as [`user_ringbuf_missing`]: on a kernel
+//! without it they print `skipped: <reason>` and return, even with
+//! `BPF_RINGBUF_REQUIRE_KERNEL=1`; a missing feature on a kernel that should have it fails.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,8 +20,8 @@ use bpf_ringbuf_sys::insn::{
     self, helper, AluOp, Insn, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9,
 };
 use bpf_ringbuf_sys::{
-    map_create, map_lookup_elem, map_update_elem, prog_load, prog_test_run, BpfError, FuncInfo,
-    MapCreate, MapType, Mapping, ProgLoad, ProgType, TestRun, TestRunOutput,
+    map_create, map_lookup_elem, map_update_elem, prog_load, prog_test_run, BpfError, Errno,
+    FuncInfo, MapCreate, MapFlags, MapType, Mapping, ProgLoad, ProgType, TestRun, TestRunOutput,
 };
 
 /// `BPF_RB_NO_WAKEUP`.
@@ -54,6 +59,91 @@ macro_rules! require_kernel {
             return;
         }
     };
+}
+
+/// Returns from the calling test, printing `skipped: <reason>`, when `missing` (an
+/// `Option<String>` from a probe such as [`user_ringbuf_missing`]) names a missing feature.
+#[macro_export]
+macro_rules! require_feature {
+    ($missing:expr) => {
+        if let Some(reason) = $missing {
+            $crate::skip_feature(&reason);
+            return;
+        }
+    };
+}
+
+/// Prints why a test skips for a missing kernel feature (see [`require_feature!`]).
+pub fn skip_feature(reason: &str) {
+    eprintln!("skipped: {reason}");
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// The running kernel's (major, minor) version, parsed from [`kernel_release`].
+pub fn kernel_version() -> (u32, u32) {
+    let release = kernel_release();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("cannot parse the kernel release {release:?}"),
+    }
+}
+
+/// `None` when a one-page ring map of `map_type` with `flags` can be created; otherwise why
+/// not. `since` is the first mainline (major, minor) with the feature: a kernel at least that
+/// new that refuses it fails the test under `BPF_RINGBUF_REQUIRE_KERNEL=1` (a broken probe or
+/// a kernel built without it must not pass as a skip). Errors other than `EINVAL` mean the
+/// kernel itself is unusable and panic (tests call [`require_kernel!`] first).
+pub fn ring_flags_missing(map_type: MapType, flags: MapFlags, since: (u32, u32)) -> Option<String> {
+    let attempt = map_create(&MapCreate {
+        flags,
+        ..MapCreate::new(map_type, 0, 0, page_size() as u32)
+    });
+    let error = match attempt {
+        Ok(_) => return None,
+        Err(error) if error.errno() == Errno::INVAL => error,
+        Err(error) => panic!("probing {map_type} with {flags:?}: {error}"),
+    };
+    let release = kernel_release();
+    let mut flag_names: Vec<String> = flags
+        .iter_names()
+        .map(|(name, _)| format!("BPF_F_{name}"))
+        .collect();
+    let unknown = flags.bits() & !MapFlags::all().bits();
+    if unknown != 0 {
+        flag_names.push(format!("{unknown:#x}"));
+    }
+    let feature = if flags.is_empty() {
+        format!("{map_type}")
+    } else {
+        format!("{map_type} with {}", flag_names.join("|"))
+    };
+    let required = std::env::var("BPF_RINGBUF_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+    assert!(
+        !(required && kernel_version() >= since),
+        "Linux {release} refuses {feature} ({error}) although mainline has it since {}.{}",
+        since.0,
+        since.1
+    );
+    Some(format!(
+        "Linux {release} lacks {feature} (needs {}.{}+; refused with {error})",
+        since.0, since.1
+    ))
+}
+
+/// `None` when the kernel has `BPF_MAP_TYPE_USER_RINGBUF` (Linux 6.1), otherwise why not; see
+/// [`ring_flags_missing`].
+pub fn user_ringbuf_missing() -> Option<String> {
+    ring_flags_missing(MapType::USER_RINGBUF, MapFlags::empty(), (6, 1))
 }
 
 /// The system page size.
@@ -1005,5 +1095,149 @@ impl Drop for PrivateBpffs {
         // Detach even if a pin is still open elsewhere; the pins go with the instance.
         let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overwrite mode (BPF_F_RB_OVERWRITE, Linux 6.19+).
+
+/// A producer that reserves `len` bytes (a multiple of 8), increments a per-CPU sequence
+/// counter (element 0 of `sequence`, a [`percpu_counter_map`]) and writes the new sequence
+/// number into every 8-byte word of the record before submitting it: a record copied while
+/// being overwritten mixes two numbers, so a torn copy is easy to see. A failed reservation
+/// returns `XDP_DROP`.
+pub fn sequence_filled(ring: BorrowedFd<'_>, sequence: BorrowedFd<'_>, len: u32) -> Producer {
+    assert!(len >= 8 && len % 8 == 0);
+    let mut p = Program::new();
+    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
+        .extend(insn::ld_map_fd(R1, sequence))
+        .push(insn::mov64_reg(R2, R10))
+        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
+        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::mov64_reg(R9, R0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, len as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "dropped")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::ldx_mem(MemSize::DW, R8, R9, 0))
+        .push(insn::alu64_imm(AluOp::ADD, R8, 1))
+        .push(insn::stx_mem(MemSize::DW, R9, R8, 0));
+    for offset in (0..len).step_by(8) {
+        p.push(insn::stx_mem(MemSize::DW, R7, R8, offset as i16));
+    }
+    p.push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("dropped")
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    Producer {
+        fd: load_xdp(&p, None).expect("load sequence-filled producer"),
+        packet: packet(64),
+    }
+}
+
+/// The reservations of an [`overwrite_selftest`] run that did not behave as the selftest
+/// expects (1, 2, 4 and 5 granted; 3 refused): an empty list when all did.
+pub fn overwrite_selftest_failures(retval: u32) -> Vec<u32> {
+    (0..5)
+        .filter(|bit| retval & (1 << (bit + 4)) != 0)
+        .map(|bit| bit + 1)
+        .collect()
+}
+
+/// The BPF side of the kernel selftest `ringbuf_overwrite_mode` (progs/test_ringbuf_overwrite.c)
+/// for a one-page ring: reserve `len1` and `len2`, try `len3` (expected to fail: uncommitted
+/// records fill the ring), reserve `len4`, submit 1, 2 and 4, then reserve `len3` again — which
+/// overwrites record 1 — fill it with 0xdd and submit it. Records 1, 2 and 4 get their first 8
+/// bytes set to 0xaa, 0xbb and 0xcc. Returns `XDP_PASS`, with bit `4 + n - 1` set when
+/// reservation `n` did not behave as expected (see [`overwrite_selftest_failures`]).
+pub fn overwrite_selftest(ring: BorrowedFd<'_>, lens: [u32; 4]) -> Producer {
+    let [len1, len2, len3, len4] = lens;
+    let mut p = Program::new();
+    let reserve = |p: &mut Program, len: u32, into: bpf_ringbuf_sys::insn::Reg, fail: &str| {
+        p.extend(insn::ld_map_fd(R1, ring))
+            .push(insn::mov64_imm(R2, len as i32))
+            .push(insn::mov64_imm(R3, 0))
+            .push(insn::call_helper(helper::RINGBUF_RESERVE))
+            .jmp_imm_label(JmpOp::JEQ, R0, 0, fail)
+            .push(insn::mov64_reg(into, R0));
+    };
+    let fill8 = |p: &mut Program, reg: bpf_ringbuf_sys::insn::Reg, byte: u8| {
+        p.extend(insn::ld_imm64(R1, u64::from_ne_bytes([byte; 8])))
+            .push(insn::stx_mem(MemSize::DW, reg, R1, 0));
+    };
+    reserve(&mut p, len1, R6, "fail1");
+    fill8(&mut p, R6, 0xaa);
+    reserve(&mut p, len2, R7, "fail2");
+    fill8(&mut p, R7, 0xbb);
+    // Record 3 must fail; if it does not, discard everything and report it.
+    p.extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, len3 as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "third_refused")
+        .push(insn::mov64_reg(R1, R0))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 6))
+        .push(insn::exit())
+        .label("third_refused");
+    reserve(&mut p, len4, R8, "fail4");
+    fill8(&mut p, R8, 0xcc);
+    for reg in [R6, R7, R8] {
+        p.push(insn::mov64_reg(R1, reg))
+            .push(insn::mov64_imm(R2, 0))
+            .push(insn::call_helper(helper::RINGBUF_SUBMIT));
+    }
+    reserve(&mut p, len3, R6, "fail5");
+    p.extend(insn::ld_imm64(R1, u64::from_ne_bytes([0xdd; 8])));
+    for offset in (0..len3).step_by(8) {
+        p.push(insn::stx_mem(MemSize::DW, R6, R1, offset as i16));
+    }
+    p.push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        // Failures past the first reservation discard what they hold (the verifier insists).
+        .label("fail1")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 4))
+        .push(insn::exit())
+        .label("fail2")
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 5))
+        .push(insn::exit())
+        .label("fail4")
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 7))
+        .push(insn::exit())
+        .label("fail5")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 8))
+        .push(insn::exit());
+    Producer {
+        fd: load_xdp(&p, None).expect("load overwrite selftest program"),
+        packet: packet(64),
     }
 }
