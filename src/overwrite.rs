@@ -16,6 +16,9 @@
 //! else          -> deliver the copy; consumer_pos = next record
 //! ```
 //!
+//! The producer page and the data area are mapped read-only, so every acquire load here is a
+//! relaxed load and an acquire fence (see `sync::load_acquire_usize`).
+//!
 //! Records are never lent zero-copy here: there is no way to keep the kernel from overwriting
 //! them while borrowed. [`OverwriteConsumer`] therefore only has copying reads, and the
 //! zero-copy [`Consumer`](crate::Consumer) is not offered for overwrite-mode rings by the Linux
@@ -35,6 +38,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::OverwriteMemory;
 use crate::sync::atomic::{fence, Ordering};
+use crate::sync::{load_acquire_u32, load_acquire_usize, SyncPoint};
 
 /// Counters of an [`OverwriteConsumer`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,14 +143,14 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
             // Acquire: pairs with our own (or a previous reader's) store-release.
             consumer: self.memory.consumer_pos().load(Ordering::Acquire),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in __bpf_ringbuf_reserve.
-            producer: self.memory.producer_pos().load(Ordering::Acquire),
+            producer: load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad),
         }
     }
 
     /// `overwrite_pos`: every record before it has been overwritten.
     pub fn overwrite_pos(&self) -> usize {
         // Acquire: the kernel's smp_load_acquire(&rb->overwrite_pos) in bpf_ringbuf_query.
-        self.memory.overwrite_pos().load(Ordering::Acquire)
+        load_acquire_usize(self.memory.overwrite_pos(), SyncPoint::ProducerPosLoad)
     }
 
     /// Bytes of records still in the ring and not yet read: `producer_pos - max(consumer_pos,
@@ -166,7 +170,8 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         // Acquire: pairs with smp_store_release(&rb->producer_pos) in __bpf_ringbuf_reserve,
         // which is ordered after WRITE_ONCE(rb->overwrite_pos): the overwrite_pos loaded next
         // is at least the one that reservation wrote.
-        let mut producer_pos = self.memory.producer_pos().load(Ordering::Acquire);
+        let mut producer_pos =
+            load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
         let mut overwrite_pos = self.overwrite_pos();
         // A fast producer may have moved overwrite_pos past the producer_pos we read: read
         // producer_pos again (a few times at most; each time the producer made progress).
@@ -174,7 +179,8 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
             if !is_after(overwrite_pos, producer_pos) {
                 break;
             }
-            producer_pos = self.memory.producer_pos().load(Ordering::Acquire);
+            producer_pos =
+                load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
             overwrite_pos = self.overwrite_pos();
         }
         let start = if is_after(overwrite_pos, from) {
@@ -215,7 +221,10 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         let offset = self.geometry.offset(position);
         // Acquire: pairs with the xchg() in bpf_ringbuf_commit that clears BUSY after the
         // payload was written.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header = RecordHeader::from_raw(load_acquire_u32(
+            self.memory.header(offset),
+            SyncPoint::HeaderLoad,
+        ));
         if header.is_busy() {
             // A BUSY record the producer has not reached for overwriting yet; if it has, the
             // header we saw belongs to the new record and we must not stop on it.
@@ -453,8 +462,11 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
             Ok(window) => {
                 let offset = self.geometry.offset(window.start);
                 // Acquire: pairs with the xchg() in bpf_ringbuf_commit.
-                !RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire))
-                    .is_busy()
+                !RecordHeader::from_raw(load_acquire_u32(
+                    self.memory.header(offset),
+                    SyncPoint::HeaderLoad,
+                ))
+                .is_busy()
             }
         }
     }
