@@ -45,7 +45,8 @@ use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, ordering, weak
 /// use std::sync::Arc;
 ///
 /// let ring = Arc::new(HeapRing::new(4096)?);
-/// let producer = KernelProducer::new(ring.clone())?;
+/// // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+/// let producer = unsafe { KernelProducer::new(ring.clone()) }?;
 /// producer.output(b"hello", Wakeup::Adaptive).unwrap();
 /// producer.output(b"world", Wakeup::Adaptive).unwrap();
 ///
@@ -170,7 +171,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
     /// # use bpf_ringbuf::Consumer;
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// producer.output(b"abc", Wakeup::Adaptive).unwrap();
     /// let mut consumer = Consumer::new(ring)?;
     /// consumer.batch().iter().for_each(drop);
@@ -301,7 +303,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
     /// # use bpf_ringbuf::Consumer;
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// # for i in 0..3u8 { producer.output(&[i; 4], Wakeup::Adaptive).unwrap(); }
     /// let mut consumer = Consumer::new(ring)?;
     /// let batch = consumer.batch();
@@ -341,7 +344,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::Consumer;
     /// # use std::ops::ControlFlow;
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// # for i in 0..10u8 { producer.output(&[i], Wakeup::Adaptive).unwrap(); }
     /// let mut consumer = Consumer::new(ring)?;
     /// let mut seen = Vec::new();
@@ -448,7 +452,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
     /// # use bpf_ringbuf::{Consumer, ReadError};
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// # producer.output(b"0123456789", Wakeup::Adaptive).unwrap();
     /// let mut consumer = Consumer::new(ring)?;
     /// let mut small = [0u8; 4];

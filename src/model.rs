@@ -268,10 +268,28 @@ pub struct KernelProducer<M: RingMemoryMut> {
 impl<M: RingMemoryMut> KernelProducer<M> {
     /// A producer for the ring in `memory`, continuing from its current `producer_pos`.
     ///
+    /// # Safety
+    ///
+    /// The model writes record payloads through `&mut [u8]` slices of the data area, trusting
+    /// the ring's consumer as the kernel does. For as long as it lives:
+    ///
+    /// - it is the only writer of this ring's data area, headers and `producer_pos` (several
+    ///   threads may share this one producer);
+    /// - `consumer_pos` only moves past records their reader is done with: one [`Consumer`]
+    ///   (or [`OverwriteConsumer`]) reads the ring, and nothing else moves `consumer_pos` ahead
+    ///   while that reader holds records lent by a [`Batch`].
+    ///
+    /// Tests that write a hostile `consumer_pos` keep to this by not producing while a batch
+    /// is held.
+    ///
+    /// [`Consumer`]: crate::Consumer
+    /// [`OverwriteConsumer`]: crate::OverwriteConsumer
+    /// [`Batch`]: crate::Batch
+    ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
         let pending = memory.producer_pos().load(Ordering::Relaxed);
         Ok(Self {
@@ -466,11 +484,19 @@ impl<M: RingMemoryMut + OverwriteMemory> KernelProducer<M> {
     /// ring is full, reservations advance `overwrite_pos` over the oldest committed records
     /// instead of failing; they fail only while uncommitted records fill the ring.
     ///
+    /// # Safety
+    ///
+    /// As for [`KernelProducer::new`], and: readers of an overwrite-mode ring copy records
+    /// while the producer may overwrite them, so while a reader may be running, payloads are
+    /// written only with [`KernelProducer::output_atomic`] (never through
+    /// [`KernelProducer::payload`] or [`KernelProducer::output`]).
+    ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new_overwrite(memory: M) -> Result<Self, GeometryError> {
-        let mut producer = Self::new(memory)?;
+    pub unsafe fn new_overwrite(memory: M) -> Result<Self, GeometryError> {
+        // SAFETY: the caller upholds `new`'s contract, which this one includes.
+        let mut producer = unsafe { Self::new(memory)? };
         producer.overwrite_pos = Some(|memory: &M| memory.overwrite_pos());
         Ok(producer)
     }

@@ -90,7 +90,8 @@ enum Copy {
 /// use std::sync::Arc;
 ///
 /// let ring = Arc::new(HeapRing::new(64)?);
-/// let producer = KernelProducer::new_overwrite(ring.clone())?;
+/// // SAFETY: the only writer of this ring; its one reader publishes only what it has read, and payloads written while it may run go through output_atomic.
+/// let producer = unsafe { KernelProducer::new_overwrite(ring.clone()) }?;
 /// for i in 0..10u8 {
 ///     producer.output(&[i; 8], Wakeup::Adaptive).unwrap(); // never refused
 /// }

@@ -34,7 +34,8 @@
 //! use std::sync::Arc;
 //!
 //! let ring = Arc::new(HeapRing::new(4096)?);
-//! let producer = Producer::new(ring.clone())?;
+//! // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+//! let producer = unsafe { Producer::new(ring.clone()) }?;
 //! let mut first = producer.reserve(5)?;
 //! let second = producer.reserve(3)?;
 //! first.copy_from_slice(b"hello");
@@ -174,10 +175,27 @@ pub struct Producer<M: RingMemoryMut> {
 impl<M: RingMemoryMut> Producer<M> {
     /// A producer for the ring in `memory`, continuing from its current `producer_pos`.
     ///
+    /// [`UserRingBuf`](crate::UserRingBuf) makes one for you, safely; this constructor is for
+    /// memory you bring yourself.
+    ///
+    /// # Safety
+    ///
+    /// A `Producer` hands out `&mut [u8]` slices of the data area. For as long as it lives:
+    ///
+    /// - it is the only writer of this ring's data area and `producer_pos` in this process
+    ///   (no second `Producer`, [`KernelProducer`](crate::model::KernelProducer), or other
+    ///   writer over the same memory);
+    /// - whoever reads the ring (the kernel's `bpf_user_ringbuf_drain`, or a model of it) moves
+    ///   `consumer_pos` only past samples it has finished reading, so the space it hands back
+    ///   is no longer read.
+    ///
+    /// A second writer is detected at the next reservation
+    /// ([`ReserveError::ProducerPosMoved`]), but slices handed out before that may overlap.
+    ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
         // Acquire: pairs with the store-release of a previous producer of this ring, whose
         // headers we may overwrite once the kernel has consumed them.
@@ -204,7 +222,8 @@ impl<M: RingMemoryMut> Producer<M> {
     ///
     /// ```
     /// # use bpf_ringbuf::{model::HeapRing, Producer};
-    /// let producer = Producer::new(HeapRing::new(4096)?)?;
+    /// // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+    /// let producer = unsafe { Producer::new(HeapRing::new(4096)?) }?;
     /// assert_eq!(producer.max_len(), 4088);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -275,7 +294,8 @@ impl<M: RingMemoryMut> Producer<M> {
     ///
     /// ```
     /// # use bpf_ringbuf::{model::HeapRing, Producer, ReserveError};
-    /// let producer = Producer::new(HeapRing::new(64)?)?;
+    /// // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+    /// let producer = unsafe { Producer::new(HeapRing::new(64)?) }?;
     /// assert_eq!(
     ///     producer.reserve(57).unwrap_err(),
     ///     ReserveError::TooLarge { len: 57, max_len: 56 }
