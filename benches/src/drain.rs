@@ -1,0 +1,220 @@
+//! Drain throughput: a ring pre-filled by a kernel producer, drained by each consumer in turn.
+
+use std::fmt::Write as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use bpf_ringbuf_testkit::{self as kit, Producer};
+
+use crate::drainers::{touch, Drainers, Impl};
+use crate::{median, Options};
+
+/// The ring every drain benchmark uses: 16 MiB, larger than the caches, as in the C reference.
+pub const RING_SIZE: usize = 1 << 24;
+
+/// A RINGBUF map and a kernel program that fills it with `len`-byte records.
+pub struct Fill {
+    /// The map.
+    pub map: OwnedFd,
+    producer: Producer,
+    /// Records per fill: as many as fit, less a page of slack.
+    pub records: u32,
+    /// The checksum a full drain must produce.
+    pub checksum: u64,
+}
+
+impl Fill {
+    /// A `ring_size` ring and a reserve + `bpf_xdp_load_bytes` + submit(`BPF_RB_NO_WAKEUP`)
+    /// producer of `len`-byte records.
+    pub fn new(len: usize, ring_size: usize) -> Fill {
+        let map = kit::ringbuf_map(ring_size);
+        let producer = kit::reserve_load_submit(map.as_fd(), len as u32, kit::NO_WAKEUP);
+        let records =
+            ((ring_size - kit::page_size()) / bpf_ringbuf::header::record_size(len)) as u32;
+        let checksum = u64::from(records) * touch(&kit::packet_bytes(len)[..len]);
+        Fill {
+            map,
+            producer,
+            records,
+            checksum,
+        }
+    }
+
+    /// Runs the producer `records` times in the kernel (on this CPU): the ring is then full.
+    pub fn fill(&self) {
+        self.producer.run(self.records);
+    }
+}
+
+/// Per-size results: ns/record samples for each implementation.
+pub struct SizeResult {
+    /// Payload length.
+    pub size: usize,
+    /// Records per drain.
+    pub records: u32,
+    /// Samples (ns/record) per implementation, in [`Impl::ALL`] order.
+    pub samples: Vec<Vec<f64>>,
+}
+
+impl SizeResult {
+    /// Median ns/record of `which`.
+    pub fn median(&self, which: Impl) -> f64 {
+        let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
+        median(&mut self.samples[index].clone())
+    }
+}
+
+/// Runs the drain benchmark: for each size, `reps` rounds, each draining a fresh fill with
+/// every implementation (the order rotates each round), checking counts and checksums.
+pub fn run(options: &Options) -> Vec<SizeResult> {
+    if crate::cpus() > 1 {
+        kit::pin_to_cpu(0);
+    }
+    let mut results = Vec::new();
+    for &size in &options.sizes {
+        let fill = Fill::new(size, RING_SIZE);
+        let mut drainers = Drainers::new(fill.map.as_fd(), RING_SIZE);
+        let mut samples = vec![Vec::new(); Impl::ALL.len()];
+        for rep in 0..options.reps.max(1) {
+            for k in 0..Impl::ALL.len() {
+                let index = (k + rep) % Impl::ALL.len();
+                let which = Impl::ALL[index];
+                fill.fill();
+                let mut aya = drainers.prepare(which);
+                let start = Instant::now();
+                let drained = drainers.drain(which, aya.as_mut());
+                let elapsed = start.elapsed();
+                assert_eq!(
+                    (drained.records, drained.checksum),
+                    (u64::from(fill.records), fill.checksum),
+                    "{} at {size} B read the wrong records",
+                    which.name()
+                );
+                samples[index].push(elapsed.as_nanos() as f64 / f64::from(fill.records));
+            }
+        }
+        eprintln!("drain {size} B: done");
+        results.push(SizeResult {
+            size,
+            records: fill.records,
+            samples,
+        });
+    }
+    results
+}
+
+/// The drain tables: ns/record, records/s, ratios, and the zero-copy vs copy seed table.
+pub fn report(results: &[SizeResult]) -> String {
+    let mut out = String::new();
+    writeln!(out, "\n## Drain: ns/record (median)\n").unwrap();
+    write!(out, "| size B | records |").unwrap();
+    for which in Impl::ALL {
+        write!(out, " {} |", which.name()).unwrap();
+    }
+    writeln!(out).unwrap();
+    writeln!(out, "|---:|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+    for result in results {
+        write!(out, "| {} | {} |", result.size, result.records).unwrap();
+        for which in Impl::ALL {
+            write!(out, " {:.2} |", result.median(which)).unwrap();
+        }
+        writeln!(out).unwrap();
+    }
+    writeln!(out, "\n## Drain: million records/s (median)\n").unwrap();
+    write!(out, "| size B |").unwrap();
+    for which in Impl::ALL {
+        write!(out, " {} |", which.name()).unwrap();
+    }
+    writeln!(out).unwrap();
+    writeln!(out, "|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+    for result in results {
+        write!(out, "| {} |", result.size).unwrap();
+        for which in Impl::ALL {
+            write!(out, " {:.1} |", 1e3 / result.median(which)).unwrap();
+        }
+        writeln!(out).unwrap();
+    }
+    writeln!(
+        out,
+        "\n## Drain: ours-batch against the others (time ratio, >1 = ours faster)\n"
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| size B | libbpf / ours | aya / ours | hand-loop / ours | ours-callback / ours | ours-copy / ours |"
+    )
+    .unwrap();
+    writeln!(out, "|---:|---:|---:|---:|---:|---:|").unwrap();
+    for result in results {
+        let ours = result.median(Impl::Batch);
+        writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            result.size,
+            result.median(Impl::Libbpf) / ours,
+            result.median(Impl::Aya) / ours,
+            result.median(Impl::Hand) / ours,
+            result.median(Impl::Callback) / ours,
+            result.median(Impl::Copy) / ours,
+        )
+        .unwrap();
+    }
+    let seed: Vec<_> = results
+        .iter()
+        .filter_map(|r| {
+            let claim = match r.size {
+                128 => 1.18,
+                1024 => 3.61,
+                2048 => 6.02,
+                2432 => 6.39,
+                _ => return None,
+            };
+            Some((r, claim))
+        })
+        .collect();
+    if !seed.is_empty() {
+        writeln!(out, "\n## Seed table: zero-copy speedup over copying\n").unwrap();
+        writeln!(
+            out,
+            "| size B | ours-batch ns | ours-copy ns | ours copy / zero-copy | cilium/ebpf claim |"
+        )
+        .unwrap();
+        writeln!(out, "|---:|---:|---:|---:|---:|").unwrap();
+        for (result, claim) in seed {
+            let zero = result.median(Impl::Batch);
+            let copy = result.median(Impl::Copy);
+            writeln!(
+                out,
+                "| {} | {zero:.2} | {copy:.2} | {:.2}x | {claim:.2}x |",
+                result.size,
+                copy / zero
+            )
+            .unwrap();
+        }
+    }
+    out
+}
+
+/// One line per (size, implementation): median, min, max ns/record and records/s.
+pub fn csv(results: &[SizeResult]) -> String {
+    let mut out =
+        String::from("size,implementation,records,median_ns,min_ns,max_ns,records_per_s\n");
+    for result in results {
+        for (index, which) in Impl::ALL.into_iter().enumerate() {
+            let samples = &result.samples[index];
+            let median = result.median(which);
+            let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = samples.iter().copied().fold(0.0, f64::max);
+            writeln!(
+                out,
+                "{},{},{},{median:.3},{min:.3},{max:.3},{:.0}",
+                result.size,
+                which.name(),
+                result.records,
+                1e9 / median
+            )
+            .unwrap();
+        }
+    }
+    out
+}
