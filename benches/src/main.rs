@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p bpf-ringbuf-bench -- all [--out docs]   # everything, docs/benchmarks tables + plot
 //! cargo run --release -p bpf-ringbuf-bench -- drain [--reps N] [--sizes 8,128,...]
-//! cargo run --release -p bpf-ringbuf-bench -- e2e | busy | instructions | smoke
+//! cargo run --release -p bpf-ringbuf-bench -- e2e | busy | user | instructions | smoke
 //! cargo run --release -p bpf-ringbuf-bench -- callgrind <impl> <size> <fill-only|fill-and-drain>
 //! ```
 //!
@@ -14,6 +14,7 @@ mod drainers;
 mod e2e;
 mod instructions;
 mod plot;
+mod user;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ fn main() {
     cpus(); // before any thread is pinned
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut options = Options {
-        reps: 7,
+        reps: 11,
         sizes: SIZES.to_vec(),
         out: None,
     };
@@ -70,13 +71,14 @@ fn main() {
         }
         "e2e" => print!("{}", e2e::report(&e2e::run(&options), &e2e::busy(&options))),
         "busy" => print!("{}", e2e::report(&[], &e2e::busy(&options))),
+        "user" => print!("{}", user::report(&user::run(&options))),
         "instructions" => print!("{}", instructions::report(&instructions::run(&options))),
         "callgrind" => instructions::driver(&args[1..]),
         "smoke" => smoke(),
         "all" => all(&options),
         other => {
             eprintln!(
-                "unknown mode {other}: drain | e2e | busy | instructions | callgrind | smoke | all"
+                "unknown mode {other}: drain | e2e | busy | user | instructions | callgrind | smoke | all"
             );
             std::process::exit(2);
         }
@@ -95,6 +97,7 @@ fn smoke() {
         "{}",
         e2e::report(&e2e::run_with(&options, 1, 20_000), &e2e::busy(&options))
     );
+    print!("{}", user::report(&user::run(&options)));
 }
 
 /// Every benchmark, then the report (and with `--out DIR`, CSV files and the plot there).
@@ -103,11 +106,13 @@ fn all(options: &Options) {
     let drain = drain::run(options);
     let e2e_results = e2e::run(options);
     let busy = e2e::busy(options);
+    let user = user::run(options);
     let instructions = instructions::run(options);
     let mut report = String::new();
     writeln!(report, "{machine}").unwrap();
     report += &drain::report(&drain);
     report += &e2e::report(&e2e_results, &busy);
+    report += &user::report(&user);
     report += &instructions::report(&instructions);
     print!("{report}");
     if let Some(out) = &options.out {
