@@ -57,6 +57,15 @@ pub struct SizeResult {
 }
 
 impl SizeResult {
+    /// Smallest ns/record of `which`.
+    pub fn min(&self, which: Impl) -> f64 {
+        let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
+        self.samples[index]
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+    }
+
     /// Median ns/record of `which`.
     pub fn median(&self, which: Impl) -> f64 {
         let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
@@ -120,6 +129,24 @@ pub fn report(results: &[SizeResult]) -> String {
         }
         writeln!(out).unwrap();
     }
+    writeln!(
+        out,
+        "\n## Drain: ns/record, best of the repetitions (least disturbed by other load)\n"
+    )
+    .unwrap();
+    write!(out, "| size B |").unwrap();
+    for which in Impl::ALL {
+        write!(out, " {} |", which.name()).unwrap();
+    }
+    writeln!(out).unwrap();
+    writeln!(out, "|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+    for result in results {
+        write!(out, "| {} |", result.size).unwrap();
+        for which in Impl::ALL {
+            write!(out, " {:.2} |", result.min(which)).unwrap();
+        }
+        writeln!(out).unwrap();
+    }
     writeln!(out, "\n## Drain: million records/s (median)\n").unwrap();
     write!(out, "| size B |").unwrap();
     for which in Impl::ALL {
@@ -136,7 +163,7 @@ pub fn report(results: &[SizeResult]) -> String {
     }
     writeln!(
         out,
-        "\n## Drain: ours-batch against the others (time ratio, >1 = ours faster)\n"
+        "\n## Drain: ours-batch against the others (time ratio of medians, best-of in brackets; >1 = ours faster)\n"
     )
     .unwrap();
     writeln!(
@@ -146,18 +173,23 @@ pub fn report(results: &[SizeResult]) -> String {
     .unwrap();
     writeln!(out, "|---:|---:|---:|---:|---:|---:|").unwrap();
     for result in results {
-        let ours = result.median(Impl::Batch);
-        writeln!(
-            out,
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            result.size,
-            result.median(Impl::Libbpf) / ours,
-            result.median(Impl::Aya) / ours,
-            result.median(Impl::Hand) / ours,
-            result.median(Impl::Callback) / ours,
-            result.median(Impl::Copy) / ours,
-        )
-        .unwrap();
+        write!(out, "| {} |", result.size).unwrap();
+        for other in [
+            Impl::Libbpf,
+            Impl::Aya,
+            Impl::Hand,
+            Impl::Callback,
+            Impl::Copy,
+        ] {
+            write!(
+                out,
+                " {:.2} ({:.2}) |",
+                result.median(other) / result.median(Impl::Batch),
+                result.min(other) / result.min(Impl::Batch)
+            )
+            .unwrap();
+        }
+        writeln!(out).unwrap();
     }
     let seed: Vec<_> = results
         .iter()
