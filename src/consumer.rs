@@ -178,10 +178,15 @@ impl<M: RingMemory> Consumer<M> {
             return Step::End;
         }
         let offset = self.geometry.offset(position);
+        // SAFETY: `offset = position & mask` is below `size` (the geometry comes from
+        // `memory.size()`, which is constant), and 8-byte aligned: every read starts at a
+        // consumer_pos `validate` found aligned (or, when it was not, at `available == 0`,
+        // which returned above) and moves by record sizes, which are multiples of 8.
+        let header_word = unsafe { self.memory.header_unchecked(offset) };
         // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header = RecordHeader::from_raw(header_word.load(Ordering::Acquire));
         if header.is_busy() {
             return Step::Busy;
         }

@@ -159,6 +159,15 @@ unsafe impl RingMemory for RingMapping {
     }
 
     #[inline]
+    unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset < self.geometry.size() && offset % 8 == 0);
+        // SAFETY: the caller guarantees `offset < size` and 8-byte alignment: an aligned
+        // word inside the data area (which is page-aligned); the mapping lives as long as
+        // `self`.
+        unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+    }
+
+    #[inline]
     unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         debug_assert!(offset + len <= 2 * self.geometry.size());
         // SAFETY: the caller guarantees `offset + len <= 2 * size`, inside the double-mapped
