@@ -9,8 +9,75 @@ use bpf_ringbuf_testkit::{self as kit, Producer};
 use crate::drainers::{touch, Drainers, Impl};
 use crate::{median, Options};
 
-/// The ring every drain benchmark uses: 16 MiB, larger than the caches, as in the C reference.
+/// The ring the drain benchmark uses: 16 MiB, larger than the caches, as in the C reference.
 pub const RING_SIZE: usize = 1 << 24;
+/// A ring that fits this machine's 1 MiB L2 cache.
+pub const SMALL_RING_SIZE: usize = 1 << 19;
+
+/// What a run over a ring of `ring_size` bytes measures.
+pub fn title(ring_size: usize) -> String {
+    if ring_size < 1 << 20 {
+        format!("Drain of a kernel-filled {} KiB ring", ring_size >> 10)
+    } else {
+        format!("Drain of a kernel-filled {} MiB ring", ring_size >> 20)
+    }
+}
+
+/// Why ns/record grows with the record size: the 512 KiB ring, read once (untimed) through
+/// one consumer's mapping before a timed drain by ours and by the hand loop. Each has its own
+/// mapping of the same pages: the pre-read puts the data in the cache for both, but the
+/// page translations in the TLB only for the mapping it went through.
+pub fn tlb(options: &Options) -> String {
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\n## Translation, not code: {} read through one mapping first (ns/record, median)\n",
+        title(SMALL_RING_SIZE)
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "| size B | read first through | ours-batch | hand-loop |\n|---:|---|---:|---:|"
+    )
+    .unwrap();
+    if crate::cpus() > 1 {
+        kit::pin_to_cpu(0);
+    }
+    for size in [512, 2048, 4000] {
+        let fill = Fill::new(size, SMALL_RING_SIZE);
+        let mut drainers = Drainers::new(fill.map.as_fd(), SMALL_RING_SIZE);
+        for via in [Impl::Batch, Impl::Hand] {
+            let mut samples = [Vec::new(), Vec::new()];
+            for rep in 0..options.reps.max(1) {
+                for k in 0..2 {
+                    let index = (k + rep) % 2;
+                    let which = [Impl::Batch, Impl::Hand][index];
+                    fill.fill();
+                    drainers.warm(via);
+                    let start = Instant::now();
+                    let drained = drainers.drain(which, None);
+                    let elapsed = start.elapsed();
+                    assert_eq!(drained.checksum, fill.checksum);
+                    samples[index].push(elapsed.as_nanos() as f64 / f64::from(fill.records));
+                }
+            }
+            let through = if via == Impl::Hand {
+                "the hand loop's mapping"
+            } else {
+                "our mapping"
+            };
+            writeln!(
+                out,
+                "| {size} | {through} | {:.2} | {:.2} |",
+                median(&mut samples[0]),
+                median(&mut samples[1])
+            )
+            .unwrap();
+        }
+    }
+    eprintln!("translation experiment: done");
+    out
+}
 
 /// A RINGBUF map and a kernel program that fills it with `len`-byte records.
 pub struct Fill {
@@ -48,6 +115,8 @@ impl Fill {
 
 /// Per-size results: ns/record samples for each implementation.
 pub struct SizeResult {
+    /// Data area of the ring.
+    pub ring_size: usize,
     /// Payload length.
     pub size: usize,
     /// Records per drain.
@@ -75,14 +144,14 @@ impl SizeResult {
 
 /// Runs the drain benchmark: for each size, `reps` rounds, each draining a fresh fill with
 /// every implementation (the order rotates each round), checking counts and checksums.
-pub fn run(options: &Options) -> Vec<SizeResult> {
+pub fn run(options: &Options, ring_size: usize) -> Vec<SizeResult> {
     if crate::cpus() > 1 {
         kit::pin_to_cpu(0);
     }
     let mut results = Vec::new();
     for &size in &options.sizes {
-        let fill = Fill::new(size, RING_SIZE);
-        let mut drainers = Drainers::new(fill.map.as_fd(), RING_SIZE);
+        let fill = Fill::new(size, ring_size);
+        let mut drainers = Drainers::new(fill.map.as_fd(), ring_size);
         let mut samples = vec![Vec::new(); Impl::ALL.len()];
         for rep in 0..options.reps.max(1) {
             for k in 0..Impl::ALL.len() {
@@ -102,8 +171,9 @@ pub fn run(options: &Options) -> Vec<SizeResult> {
                 samples[index].push(elapsed.as_nanos() as f64 / f64::from(fill.records));
             }
         }
-        eprintln!("drain {size} B: done");
+        eprintln!("drain {size} B ({} KiB ring): done", ring_size >> 10);
         results.push(SizeResult {
+            ring_size,
             size,
             records: fill.records,
             samples,
@@ -115,7 +185,11 @@ pub fn run(options: &Options) -> Vec<SizeResult> {
 /// The drain tables: ns/record, records/s, ratios, and the zero-copy vs copy seed table.
 pub fn report(results: &[SizeResult]) -> String {
     let mut out = String::new();
-    writeln!(out, "\n## Drain: ns/record (median)\n").unwrap();
+    let Some(first) = results.first() else {
+        return out;
+    };
+    let ring = title(first.ring_size);
+    writeln!(out, "\n## {ring}: ns/record (median)\n").unwrap();
     write!(out, "| size B | records |").unwrap();
     for which in Impl::ALL {
         write!(out, " {} |", which.name()).unwrap();
@@ -131,7 +205,7 @@ pub fn report(results: &[SizeResult]) -> String {
     }
     writeln!(
         out,
-        "\n## Drain: ns/record, best of the repetitions (least disturbed by other load)\n"
+        "\n## {ring}: ns/record, best of the repetitions (least disturbed by other load)\n"
     )
     .unwrap();
     write!(out, "| size B |").unwrap();
@@ -147,7 +221,7 @@ pub fn report(results: &[SizeResult]) -> String {
         }
         writeln!(out).unwrap();
     }
-    writeln!(out, "\n## Drain: million records/s (median)\n").unwrap();
+    writeln!(out, "\n## {ring}: million records/s (median)\n").unwrap();
     write!(out, "| size B |").unwrap();
     for which in Impl::ALL {
         write!(out, " {} |", which.name()).unwrap();
@@ -163,7 +237,7 @@ pub fn report(results: &[SizeResult]) -> String {
     }
     writeln!(
         out,
-        "\n## Drain: ours-batch against the others (time ratio of medians, best-of in brackets; >1 = ours faster)\n"
+        "\n## {ring}: ours-batch against the others (time ratio of medians, best-of in brackets; >1 = ours faster)\n"
     )
     .unwrap();
     writeln!(
@@ -205,7 +279,11 @@ pub fn report(results: &[SizeResult]) -> String {
         })
         .collect();
     if !seed.is_empty() {
-        writeln!(out, "\n## Seed table: zero-copy speedup over copying\n").unwrap();
+        writeln!(
+            out,
+            "\n## Seed table ({ring}): zero-copy speedup over copying (medians)\n"
+        )
+        .unwrap();
         writeln!(
             out,
             "| size B | ours-batch ns | ours-copy ns | ours copy / zero-copy | cilium/ebpf claim |"
@@ -229,8 +307,9 @@ pub fn report(results: &[SizeResult]) -> String {
 
 /// One line per (size, implementation): median, min, max ns/record and records/s.
 pub fn csv(results: &[SizeResult]) -> String {
-    let mut out =
-        String::from("size,implementation,records,median_ns,min_ns,max_ns,records_per_s\n");
+    let mut out = String::from(
+        "ring_size,size,implementation,records,median_ns,min_ns,max_ns,records_per_s\n",
+    );
     for result in results {
         for (index, which) in Impl::ALL.into_iter().enumerate() {
             let samples = &result.samples[index];
@@ -239,7 +318,8 @@ pub fn csv(results: &[SizeResult]) -> String {
             let max = samples.iter().copied().fold(0.0, f64::max);
             writeln!(
                 out,
-                "{},{},{},{median:.3},{min:.3},{max:.3},{:.0}",
+                "{},{},{},{},{median:.3},{min:.3},{max:.3},{:.0}",
+                result.ring_size,
                 result.size,
                 which.name(),
                 result.records,

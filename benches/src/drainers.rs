@@ -104,6 +104,29 @@ impl Drainers {
         (which == Impl::Aya).then(|| AyaRing::new(self.map.as_fd()))
     }
 
+    /// Reads one byte of every cache line of the data area through the mapping of `via`
+    /// (ours or the hand loop's): the data is then in the cache, and that mapping's pages
+    /// in the TLB.
+    pub fn warm(&self, via: Impl) {
+        let (data, size) = match via {
+            Impl::Hand => (self.hand.data().cast_const(), self.hand.mask + 1),
+            _ => {
+                let page = self.ours.memory().producer_page().as_ptr();
+                // SAFETY: the data area starts one page after the producer page.
+                (
+                    unsafe { page.add(bpf_ringbuf_sys::page_size()) }.cast_const(),
+                    self.ours.size(),
+                )
+            }
+        };
+        let mut sum = 0u8;
+        for offset in (0..size).step_by(64) {
+            // SAFETY: `offset < size` lies inside the mapped data area.
+            sum = sum.wrapping_add(unsafe { data.add(offset).read_volatile() });
+        }
+        std::hint::black_box(sum);
+    }
+
     /// Drains everything committed with `which`.
     #[inline(never)]
     pub fn drain(&mut self, which: Impl, aya: Option<&mut AyaRing>) -> Drained {
@@ -277,6 +300,12 @@ impl HandRing {
             mask: size - 1,
             page_size,
         }
+    }
+
+    /// Start of the data area.
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data area starts one page into the producer mapping.
+        unsafe { self.producer_and_data.as_ptr().as_ptr().add(self.page_size) }
     }
 
     /// Drains everything committed.

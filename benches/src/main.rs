@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p bpf-ringbuf-bench -- all [--out docs]   # everything, docs/benchmarks tables + plot
 //! cargo run --release -p bpf-ringbuf-bench -- drain [--reps N] [--sizes 8,128,...]
-//! cargo run --release -p bpf-ringbuf-bench -- e2e | busy | user | instructions | smoke
+//! cargo run --release -p bpf-ringbuf-bench -- tlb | e2e | busy | user | instructions | smoke
 //! cargo run --release -p bpf-ringbuf-bench -- callgrind <impl> <size> <fill-only|fill-and-drain>
 //! ```
 //!
@@ -66,11 +66,14 @@ fn main() {
     }
     match mode {
         "drain" => {
-            let results = drain::run(&options);
+            let results = drain::run(&options, drain::RING_SIZE);
+            print!("{}", drain::report(&results));
+            let results = drain::run(&options, drain::SMALL_RING_SIZE);
             print!("{}", drain::report(&results));
         }
         "e2e" => print!("{}", e2e::report(&e2e::run(&options), &e2e::busy(&options))),
         "busy" => print!("{}", e2e::report(&[], &e2e::busy(&options))),
+        "tlb" => print!("{}", drain::tlb(&options)),
         "user" => print!("{}", user::report(&user::run(&options))),
         "instructions" => print!("{}", instructions::report(&instructions::run(&options))),
         "callgrind" => instructions::driver(&args[1..]),
@@ -78,7 +81,7 @@ fn main() {
         "all" => all(&options),
         other => {
             eprintln!(
-                "unknown mode {other}: drain | e2e | busy | user | instructions | callgrind | smoke | all"
+                "unknown mode {other}: drain | tlb | e2e | busy | user | instructions | callgrind | smoke | all"
             );
             std::process::exit(2);
         }
@@ -92,7 +95,7 @@ fn smoke() {
         sizes: vec![64, 4000],
         out: None,
     };
-    print!("{}", drain::report(&drain::run(&options)));
+    print!("{}", drain::report(&drain::run(&options, drain::RING_SIZE)));
     print!(
         "{}",
         e2e::report(&e2e::run_with(&options, 1, 20_000), &e2e::busy(&options))
@@ -103,7 +106,9 @@ fn smoke() {
 /// Every benchmark, then the report (and with `--out DIR`, CSV files and the plot there).
 fn all(options: &Options) {
     let machine = machine();
-    let drain = drain::run(options);
+    let drain = drain::run(options, drain::RING_SIZE);
+    let small = drain::run(options, drain::SMALL_RING_SIZE);
+    let tlb = drain::tlb(options);
     let e2e_results = e2e::run(options);
     let busy = e2e::busy(options);
     let user = user::run(options);
@@ -111,17 +116,22 @@ fn all(options: &Options) {
     let mut report = String::new();
     writeln!(report, "{machine}").unwrap();
     report += &drain::report(&drain);
+    report += &drain::report(&small);
+    report += &tlb;
     report += &e2e::report(&e2e_results, &busy);
     report += &user::report(&user);
     report += &instructions::report(&instructions);
     print!("{report}");
     if let Some(out) = &options.out {
         std::fs::create_dir_all(out).expect("create output directory");
-        std::fs::write(out.join("benchmarks-drain.csv"), drain::csv(&drain)).expect("write csv");
+        let csv = drain::csv(&drain) + drain::csv(&small).split_once('\n').unwrap().1;
+        std::fs::write(out.join("benchmarks-drain.csv"), csv).expect("write csv");
         std::fs::write(out.join("benchmarks-results.md"), &report).expect("write report");
         std::fs::write(out.join("benchmarks-drain.svg"), plot::svg(&drain)).expect("write plot");
+        std::fs::write(out.join("benchmarks-drain-512k.svg"), plot::svg(&small))
+            .expect("write plot");
         eprintln!(
-            "wrote {}/benchmarks-{{drain.csv,results.md,drain.svg}}",
+            "wrote {}/benchmarks-{{drain.csv,results.md,drain.svg,drain-512k.svg}}",
             out.display()
         );
     }

@@ -53,8 +53,9 @@ pub fn svg(results: &[SizeResult]) -> String {
     writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#).unwrap();
     writeln!(
         out,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Drain of a kernel-filled 16 MiB ring: ns per record (median)</text>"#,
-        LEFT + plot_w / 2.0
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}: ns per record (median)</text>"#,
+        LEFT + plot_w / 2.0,
+        crate::drain::title(results[0].ring_size)
     )
     .unwrap();
     // Axes and grid.
