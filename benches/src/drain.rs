@@ -330,3 +330,45 @@ pub fn csv(results: &[SizeResult]) -> String {
     }
     out
 }
+
+/// Results read back from [`csv`] output (one sample each: the median), by ring size.
+pub fn from_csv(text: &str) -> Vec<Vec<SizeResult>> {
+    let mut rings: Vec<Vec<SizeResult>> = Vec::new();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [ring_size, size, name, records, median, ..] = fields[..] else {
+            continue;
+        };
+        let (Ok(ring_size), Ok(size), Some(which), Ok(records), Ok(median)) = (
+            ring_size.parse::<usize>(),
+            size.parse::<usize>(),
+            Impl::from_name(name),
+            records.parse::<u32>(),
+            median.parse::<f64>(),
+        ) else {
+            continue;
+        };
+        let ring = match rings.iter().position(|r| r[0].ring_size == ring_size) {
+            Some(index) => &mut rings[index],
+            None => {
+                rings.push(Vec::new());
+                rings.last_mut().unwrap()
+            }
+        };
+        let result = match ring.iter().position(|r| r.size == size) {
+            Some(index) => &mut ring[index],
+            None => {
+                ring.push(SizeResult {
+                    ring_size,
+                    size,
+                    records,
+                    samples: vec![Vec::new(); Impl::ALL.len()],
+                });
+                ring.last_mut().unwrap()
+            }
+        };
+        let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
+        result.samples[index] = vec![median];
+    }
+    rings
+}

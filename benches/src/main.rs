@@ -78,10 +78,16 @@ fn main() {
         "instructions" => print!("{}", instructions::report(&instructions::run(&options))),
         "callgrind" => instructions::driver(&args[1..]),
         "smoke" => smoke(),
+        "plot" => {
+            let dir = options.out.clone().unwrap_or_else(|| PathBuf::from("docs"));
+            let csv = std::fs::read_to_string(dir.join("benchmarks-drain.csv"))
+                .expect("read benchmarks-drain.csv");
+            write_plots(&dir, &drain::from_csv(&csv));
+        }
         "all" => all(&options),
         other => {
             eprintln!(
-                "unknown mode {other}: drain | tlb | e2e | busy | user | instructions | callgrind | smoke | all"
+                "unknown mode {other}: drain | tlb | e2e | busy | user | instructions | callgrind | smoke | plot | all"
             );
             std::process::exit(2);
         }
@@ -127,13 +133,26 @@ fn all(options: &Options) {
         let csv = drain::csv(&drain) + drain::csv(&small).split_once('\n').unwrap().1;
         std::fs::write(out.join("benchmarks-drain.csv"), csv).expect("write csv");
         std::fs::write(out.join("benchmarks-results.md"), &report).expect("write report");
-        std::fs::write(out.join("benchmarks-drain.svg"), plot::svg(&drain)).expect("write plot");
-        std::fs::write(out.join("benchmarks-drain-512k.svg"), plot::svg(&small))
-            .expect("write plot");
+        write_plots(out, &[drain, small]);
         eprintln!(
             "wrote {}/benchmarks-{{drain.csv,results.md,drain.svg,drain-512k.svg}}",
             out.display()
         );
+    }
+}
+
+/// One SVG per ring size: `benchmarks-drain.svg` (16 MiB), `benchmarks-drain-512k.svg`.
+fn write_plots(dir: &std::path::Path, rings: &[Vec<drain::SizeResult>]) {
+    for results in rings {
+        let Some(first) = results.first() else {
+            continue;
+        };
+        let name = if first.ring_size == drain::RING_SIZE {
+            "benchmarks-drain.svg".to_string()
+        } else {
+            format!("benchmarks-drain-{}k.svg", first.ring_size >> 10)
+        };
+        std::fs::write(dir.join(name), plot::svg(results)).expect("write plot");
     }
 }
 

@@ -37,13 +37,31 @@ pub fn svg(results: &[SizeResult]) -> String {
         let span = (log_max - log_min).max(1e-9);
         LEFT + ((size as f64).log2() - log_min) / span * plot_w
     };
-    let max_ns = results
+    // y is logarithmic too: the copying reader is ten times slower at large records, and
+    // the zero-copy readers differ by a few percent; a linear axis would flatten them.
+    let all_ns: Vec<f64> = results
         .iter()
         .flat_map(|r| Impl::ALL.map(|i| r.median(i)))
-        .fold(0.0, f64::max);
-    let step = nice_step(max_ns / 5.0);
-    let y_max = (max_ns / step).ceil() * step;
-    let y = |ns: f64| TOP + plot_h - ns / y_max * plot_h;
+        .collect();
+    let max_ns = all_ns.iter().copied().fold(0.0, f64::max);
+    let min_ns = all_ns.iter().copied().fold(f64::INFINITY, f64::min);
+    let ticks: Vec<f64> = (-1..4)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+        .collect();
+    let y_min = ticks
+        .iter()
+        .copied()
+        .filter(|&t| t <= min_ns)
+        .fold(0.1, f64::max);
+    let y_max = ticks
+        .iter()
+        .copied()
+        .find(|&t| t >= max_ns)
+        .unwrap_or(max_ns);
+    let y = |ns: f64| {
+        let span = (y_max.log10() - y_min.log10()).max(1e-9);
+        TOP + plot_h - (ns.log10() - y_min.log10()) / span * plot_h
+    };
 
     writeln!(
         out,
@@ -59,8 +77,7 @@ pub fn svg(results: &[SizeResult]) -> String {
     )
     .unwrap();
     // Axes and grid.
-    let mut tick = 0.0;
-    while tick <= y_max + step / 2.0 {
+    for tick in ticks.iter().copied().filter(|&t| t >= y_min && t <= y_max) {
         let ty = y(tick);
         writeln!(
             out,
@@ -71,15 +88,21 @@ pub fn svg(results: &[SizeResult]) -> String {
             trim(tick)
         )
         .unwrap();
-        tick += step;
     }
+    let mut last_label_x = f64::NEG_INFINITY;
     for result in results {
         let tx = x(result.size);
+        // Labels closer than 30 px to the previous one go one line lower.
+        let label_y = if tx - last_label_x < 30.0 {
+            TOP + plot_h + 30.0
+        } else {
+            last_label_x = tx;
+            TOP + plot_h + 16.0
+        };
         writeln!(
             out,
-            r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{:.1}" stroke="#eee"/><text x="{tx:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{:.1}" stroke="#eee"/><text x="{tx:.1}" y="{label_y:.1}" text-anchor="middle">{}</text>"##,
             TOP + plot_h,
-            TOP + plot_h + 16.0,
             result.size
         )
         .unwrap();
@@ -93,17 +116,17 @@ pub fn svg(results: &[SizeResult]) -> String {
         out,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">record payload size, bytes (log scale)</text>"#,
         LEFT + plot_w / 2.0,
-        HEIGHT - 18.0
+        HEIGHT - 10.0
     )
     .unwrap();
     writeln!(
         out,
-        r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">ns per record</text>"#,
+        r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle">ns per record (log scale)</text>"#,
         TOP + plot_h / 2.0
     )
     .unwrap();
-    // One line per implementation, and the legend.
-    for (index, which) in Impl::ALL.into_iter().enumerate() {
+    // One line per implementation (ours-batch drawn last, on top), and the legend.
+    for (index, which) in Impl::ALL.into_iter().enumerate().rev() {
         let points: Vec<String> = results
             .iter()
             .map(|r| format!("{:.1},{:.1}", x(r.size), y(r.median(which))))
@@ -144,16 +167,6 @@ pub fn svg(results: &[SizeResult]) -> String {
     }
     writeln!(out, "</svg>").unwrap();
     out
-}
-
-fn nice_step(raw: f64) -> f64 {
-    let magnitude = 10f64.powf(raw.max(1e-9).log10().floor());
-    for factor in [1.0, 2.0, 5.0, 10.0] {
-        if raw <= factor * magnitude {
-            return factor * magnitude;
-        }
-    }
-    10.0 * magnitude
 }
 
 fn trim(value: f64) -> String {
