@@ -184,7 +184,9 @@ pub fn drain_copy(ring: &mut RingBuf, buf: &mut [u8]) -> Drained {
 /// libbpf's `struct ring_buffer` over the map, with a checksumming callback.
 pub struct LibbpfRing {
     ring: *mut libbpf_sys::ring_buffer,
-    state: Box<Drained>,
+    /// The callback's context, from `Box::into_raw`: reached only through this pointer (by
+    /// libbpf's callback during a drain, by us between drains), freed in `Drop`.
+    state: *mut Drained,
 }
 
 unsafe extern "C" fn libbpf_sample(
@@ -192,8 +194,8 @@ unsafe extern "C" fn libbpf_sample(
     data: *mut c_void,
     size: libbpf_sys::size_t,
 ) -> c_int {
-    // SAFETY: `ctx` is the `Drained` boxed in `LibbpfRing`, alive while the ring is; libbpf
-    // hands `size` readable bytes at `data` for the duration of the call.
+    // SAFETY: `ctx` is `LibbpfRing::state`, alive while the ring is and not otherwise in use
+    // during a drain; libbpf hands `size` readable bytes at `data` for the call.
     unsafe {
         let state = &mut *ctx.cast::<Drained>();
         let record = std::slice::from_raw_parts(data.cast::<u8>(), size as usize);
@@ -206,14 +208,14 @@ unsafe extern "C" fn libbpf_sample(
 impl LibbpfRing {
     /// `ring_buffer__new(map)`.
     pub fn new(map: BorrowedFd<'_>) -> Self {
-        let mut state = Box::new(Drained::default());
+        let state = Box::into_raw(Box::new(Drained::default()));
         // SAFETY: a valid map fd; the callback and its context outlive the ring (freed in
-        // Drop before `state`).
+        // Drop after it).
         let ring = unsafe {
             libbpf_sys::ring_buffer__new(
                 map.as_raw_fd(),
                 Some(libbpf_sample),
-                ptr::from_mut(&mut *state).cast(),
+                state.cast(),
                 ptr::null(),
             )
         };
@@ -224,27 +226,36 @@ impl LibbpfRing {
     /// `ring_buffer__consume`.
     #[inline(never)]
     pub fn drain(&mut self) -> Drained {
-        *self.state = Drained::default();
-        // SAFETY: `self.ring` is a live ring_buffer.
-        let n = unsafe { libbpf_sys::ring_buffer__consume(self.ring) };
-        assert!(n >= 0, "ring_buffer__consume: {n}");
-        *self.state
+        // SAFETY: `state` is live and, outside a libbpf call, used by nobody else;
+        // `self.ring` is a live ring_buffer.
+        unsafe {
+            self.state.write(Drained::default());
+            let n = libbpf_sys::ring_buffer__consume(self.ring);
+            assert!(n >= 0, "ring_buffer__consume: {n}");
+            self.state.read()
+        }
     }
 
     /// `ring_buffer__poll(timeout_ms)`: one `epoll_wait`, then a drain of ready rings.
     pub fn poll(&mut self, timeout_ms: i32) -> Drained {
-        *self.state = Drained::default();
-        // SAFETY: `self.ring` is a live ring_buffer.
-        let n = unsafe { libbpf_sys::ring_buffer__poll(self.ring, timeout_ms) };
-        assert!(n >= 0, "ring_buffer__poll: {n}");
-        *self.state
+        // SAFETY: as in `drain`.
+        unsafe {
+            self.state.write(Drained::default());
+            let n = libbpf_sys::ring_buffer__poll(self.ring, timeout_ms);
+            assert!(n >= 0, "ring_buffer__poll: {n}");
+            self.state.read()
+        }
     }
 }
 
 impl Drop for LibbpfRing {
     fn drop(&mut self) {
-        // SAFETY: created by ring_buffer__new, freed once.
-        unsafe { libbpf_sys::ring_buffer__free(self.ring) }
+        // SAFETY: created by ring_buffer__new, freed once; then the callback's context, from
+        // Box::into_raw, which nothing uses any more.
+        unsafe {
+            libbpf_sys::ring_buffer__free(self.ring);
+            drop(Box::from_raw(self.state));
+        }
     }
 }
 
