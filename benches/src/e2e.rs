@@ -262,7 +262,13 @@ fn busy_once(consumer: Consumer, loops: u32) -> Busy {
     let mut result = Busy::default();
     let mut records = 0;
     let stats_before = ours.wait_stats();
+    let deadline = Instant::now() + Duration::from_secs(10);
     while records < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{}: the BUSY-head scenario's records did not arrive",
+            consumer.name()
+        );
         match consumer {
             Consumer::Ours => {
                 ours.wait(Some(Duration::from_secs(1))).expect("wait");
