@@ -36,7 +36,7 @@ fn main() {
     cpus(); // before any thread is pinned
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut options = Options {
-        reps: 21,
+        reps: 41,
         sizes: SIZES.to_vec(),
         out: None,
     };
