@@ -107,13 +107,15 @@ enum Step {
     End,
     /// The record there is still reserved.
     Busy,
-    /// A discarded record; the next one starts at the given position.
-    Discarded(usize),
-    /// A committed record: payload at `offset..offset + len`, next record at `next`.
+    /// A discarded record; the next one starts at `next`, `remaining` bytes before the end.
+    Discarded { next: usize, remaining: usize },
+    /// A committed record: payload at `offset..offset + len`, next record at `next`,
+    /// `remaining` bytes before the end.
     Record {
         offset: usize,
         len: usize,
         next: usize,
+        remaining: usize,
     },
     /// The header contradicts the positions.
     Corrupt(ReadError),
@@ -237,45 +239,52 @@ impl<M: RingMemory> Consumer<M> {
         Ok(available)
     }
 
-    /// One step of the read loop at `position`, which is 8-byte aligned and at most one ring
-    /// size behind `end` (the producer position the read started from).
+    /// One step of the read loop at `position`, which is 8-byte aligned and `available`
+    /// bytes (at most one ring size) before `end`, the producer position the read started
+    /// from.
+    ///
+    /// The loops carry `available` down instead of recomputing it from `end`: one
+    /// subtraction then both checks the record's size and gives the next `available`, and
+    /// `end` is needed only to report a corrupt header (docs/benchmarks.md: instructions per
+    /// record).
     #[inline(always)]
-    fn step(&self, position: usize, end: usize) -> Step {
-        let available = distance(position, end);
+    fn step(&self, position: usize, available: usize, end: usize) -> Step {
         if available == 0 {
             return Step::End;
         }
         let offset = self.geometry.offset(position);
+        // SAFETY: `offset = position & mask` is below `size` (the geometry comes from
+        // `memory.size()`, which is constant), and 8-byte aligned: every read starts at a
+        // consumer_pos `validate` found aligned (or, when it was not, at `available == 0`,
+        // which returned above) and moves by record sizes, which are multiples of 8.
+        let header_word = unsafe { self.memory.header_unchecked(offset) };
         // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
-        let header = RecordHeader::from_raw(load_acquire_u32(
-            self.memory.header(offset),
-            SyncPoint::HeaderLoad,
-        ));
+        let header = RecordHeader::from_raw(load_acquire_u32(header_word, SyncPoint::HeaderLoad));
         if header.is_busy() {
             return Step::Busy;
         }
         let record_size = header.record_size();
-        // `available <= size` (checked when the read started, and positions only move
-        // towards `end`), so this one comparison keeps the record inside the ring and before
-        // producer_pos.
-        if record_size > available {
+        // `available <= size` (checked when the read started, and it only shrinks), so this
+        // one check keeps the record inside the ring and before producer_pos.
+        let Some(remaining) = available.checked_sub(record_size) else {
             return Step::Corrupt(ReadError::RecordOutOfBounds {
                 position,
                 header: header.raw(),
                 record_size,
-                available,
+                available: distance(position, end),
             });
-        }
+        };
         let next = position.wrapping_add(record_size);
         if header.is_discarded() {
-            Step::Discarded(next)
+            Step::Discarded { next, remaining }
         } else {
             Step::Record {
                 offset: offset + HEADER_SIZE,
                 len: header.len(),
                 next,
+                remaining,
             }
         }
     }
@@ -315,15 +324,16 @@ impl<M: RingMemory> Consumer<M> {
     /// ```
     pub fn batch(&mut self) -> Batch<'_, M> {
         let positions = self.positions();
-        let (end, error) = match self.validate(positions) {
-            Ok(_) => (positions.producer, None),
-            Err(error) => (positions.consumer, Some(error)),
+        let (end, available, error) = match self.validate(positions) {
+            Ok(available) => (positions.producer, available, None),
+            Err(error) => (positions.consumer, 0, Some(error)),
         };
         Batch {
             consumer: self,
             start: positions.consumer,
             cursor: Cell::new(positions.consumer),
             end: Cell::new(end),
+            available: Cell::new(available),
             error: Cell::new(error),
             stopped_at_busy: Cell::new(false),
             records: Cell::new(0),
@@ -397,23 +407,26 @@ impl<M: RingMemory> Consumer<M> {
         f: impl FnOnce(&[u8]) -> Result<R, ReadError>,
     ) -> Result<Option<R>, ReadError> {
         let positions = self.positions();
-        self.validate(positions)?;
+        let mut available = self.validate(positions)?;
         let mut position = positions.consumer;
         let mut discarded = 0;
         let mut delivered = None;
         let result = loop {
-            match self.step(position, positions.producer) {
+            match self.step(position, available, positions.producer) {
                 Step::End => break Ok(None),
                 Step::Busy => {
                     self.stats.busy_stops += 1;
                     break Ok(None);
                 }
-                Step::Discarded(next) => {
+                Step::Discarded { next, remaining } => {
                     discarded += 1;
                     position = next;
+                    available = remaining;
                 }
                 Step::Corrupt(error) => break Err(error),
-                Step::Record { offset, len, next } => {
+                Step::Record {
+                    offset, len, next, ..
+                } => {
                     // SAFETY: `step` checked `offset + len <= 2 * size` (the record lies
                     // before producer_pos, at most one ring size ahead of an offset below
                     // `size`). The record is committed (BUSY clear, seen with Acquire) and
@@ -598,6 +611,8 @@ pub struct Batch<'c, M: RingMemory> {
     cursor: Cell<usize>,
     /// Where reading stops: `producer_pos` when the batch began, or where corruption was found.
     end: Cell<usize>,
+    /// Bytes from `cursor` to `end`.
+    available: Cell<usize>,
     /// A corrupt `consumer_pos` found when the batch began, reported by the first read.
     error: Cell<Option<ReadError>>,
     /// The last read stopped at a BUSY record.
@@ -620,10 +635,17 @@ impl<'c, M: RingMemory> Batch<'c, M> {
         let consumer = &*self.consumer;
         let end = self.end.get();
         let mut position = self.cursor.get();
+        let mut available = self.available.get();
         loop {
-            match consumer.step(position, end) {
-                Step::Record { offset, len, next } => {
+            match consumer.step(position, available, end) {
+                Step::Record {
+                    offset,
+                    len,
+                    next,
+                    remaining,
+                } => {
                     self.cursor.set(next);
+                    self.available.set(remaining);
                     self.records.set(self.records.get() + 1);
                     self.bytes.set(self.bytes.get() + len as u64);
                     // SAFETY: `step` checked `offset + len <= 2 * size`. The record is
@@ -639,9 +661,11 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                     }
                     return Some(Ok(record));
                 }
-                Step::Discarded(next) => {
+                Step::Discarded { next, remaining } => {
                     position = next;
+                    available = remaining;
                     self.cursor.set(next);
+                    self.available.set(remaining);
                     self.discarded.set(self.discarded.get() + 1);
                 }
                 Step::Busy => {
@@ -651,6 +675,7 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                 Step::End => return self.error.take().map(Err),
                 Step::Corrupt(error) => {
                     self.end.set(position);
+                    self.available.set(0);
                     return Some(Err(error));
                 }
             }

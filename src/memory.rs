@@ -78,6 +78,21 @@ pub unsafe trait RingMemory {
     /// asks for one.
     fn header(&self, offset: usize) -> &AtomicU32;
 
+    /// [`header`](Self::header) at an offset the caller has proven valid, so an
+    /// implementation may skip its own check of it. The default calls `header`.
+    ///
+    /// The consumer's read loop uses this: its offsets are `position & mask` of 8-aligned
+    /// positions, valid by construction, and a second check in `header` costs two
+    /// instructions per record (docs/benchmarks.md).
+    ///
+    /// # Safety
+    ///
+    /// `offset` is 8-byte aligned and below [`size`](Self::size).
+    #[inline]
+    unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+        self.header(offset)
+    }
+
     /// The data area's bytes `offset..offset + len`.
     ///
     /// # Safety
@@ -127,6 +142,11 @@ macro_rules! forward_ring_memory {
             #[inline]
             fn header(&self, offset: usize) -> &AtomicU32 {
                 (**self).header(offset)
+            }
+            #[inline]
+            unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+                // SAFETY: the caller upholds `header_unchecked`'s contract, which is `T`'s.
+                unsafe { (**self).header_unchecked(offset) }
             }
             #[inline]
             unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {

@@ -399,6 +399,53 @@ pub fn stamped(
     }
 }
 
+/// `BPF_F_XDP_HAS_FRAGS`: the program handles multi-buffer packets, so `BPF_PROG_TEST_RUN`
+/// accepts test packets longer than one page's linear area (the rest goes into fragments).
+pub const XDP_HAS_FRAGS: u32 = 1 << 5;
+
+/// The plainest copying producer: each run reserves `len` bytes, fills them from the test
+/// packet with `bpf_xdp_load_bytes` (fragments included: the program is loaded with
+/// [`XDP_HAS_FRAGS`], so `len` may exceed the ~3.5 KiB linear limit of XDP test packets) and
+/// submits with `flags`. Returns `XDP_DROP` (so [`Producer::run`] panics) if a reservation or
+/// the copy fails. Record `i` of every run carries [`packet_bytes`]`(len)`.
+pub fn reserve_load_submit(ring: BorrowedFd<'_>, len: u32, flags: u64) -> Producer {
+    let mut p = Program::new();
+    p.push(insn::mov64_reg(R6, R1))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, len as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::mov64_reg(R3, R7))
+        .push(insn::mov64_imm(R4, len as i32))
+        .push(insn::call_helper(helper::XDP_LOAD_BYTES))
+        .push(insn::mov64_reg(R8, R0))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, flags as i32))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .jmp_imm_label(JmpOp::JNE, R8, 0, "fail")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit());
+    let insns = p.build().expect("assemble program");
+    let mut load = ProgLoad::new(ProgType::XDP, &insns, GPL);
+    load.prog_flags = XDP_HAS_FRAGS;
+    Producer {
+        fd: prog_load(&load).expect("load reserve_load_submit producer"),
+        packet: packet(len as usize),
+    }
+}
+
+/// The test packet the kit's copying producers read from: at least 64 bytes, `len` if longer.
+pub fn packet_bytes(len: usize) -> Vec<u8> {
+    packet(len)
+}
+
 /// The bytes a [`stamped`] record of `len` bytes carries after its stamp.
 pub fn stamped_tail(len: usize) -> Vec<u8> {
     packet(len)[..len - STAMP_LEN].to_vec()
