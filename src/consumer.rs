@@ -380,8 +380,10 @@ impl<M: RingMemory> Consumer<M> {
         while delivered < budget {
             let batch = self.batch();
             let start = batch.cursor.get();
+            // The iterator counts records in registers and adds them to the batch when dropped.
+            let mut records = batch.iter();
             while delivered < budget {
-                match batch.next_record() {
+                match records.next() {
                     Some(Ok(record)) => {
                         delivered += 1;
                         if f(record).is_break() {
@@ -392,6 +394,7 @@ impl<M: RingMemory> Consumer<M> {
                     None => break,
                 }
             }
+            drop(records);
             // Another round only if this one moved and ended at producer_pos (more may have
             // been committed since); a BUSY head would stop the next one just the same.
             if batch.cursor.get() == start || batch.stopped_at_busy.get() {
@@ -632,6 +635,19 @@ impl<'c, M: RingMemory> Batch<'c, M> {
     /// After an error the batch ends: later calls return `None`.
     #[inline]
     pub fn next_record(&self) -> Option<Result<&[u8], ReadError>> {
+        let next = self.advance();
+        if let Some(Ok(record)) = &next {
+            self.records.set(self.records.get() + 1);
+            self.bytes.set(self.bytes.get() + record.len() as u64);
+        }
+        next
+    }
+
+    /// [`next_record`](Self::next_record) without counting the record in the batch's
+    /// statistics: callers count in a local variable (a register in the read loop) and add it
+    /// up once (see [`BatchIter`]).
+    #[inline(always)]
+    fn advance(&self) -> Option<Result<&[u8], ReadError>> {
         let consumer = &*self.consumer;
         let end = self.end.get();
         let mut position = self.cursor.get();
@@ -646,8 +662,6 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                 } => {
                     self.cursor.set(next);
                     self.available.set(remaining);
-                    self.records.set(self.records.get() + 1);
-                    self.bytes.set(self.bytes.get() + len as u64);
                     // SAFETY: `step` checked `offset + len <= 2 * size`. The record is
                     // committed (BUSY clear, seen with Acquire), at or after consumer_pos and
                     // before producer_pos, so nobody writes it until consumer_pos moves past
@@ -684,7 +698,11 @@ impl<'c, M: RingMemory> Batch<'c, M> {
 
     /// An iterator over the rest of the batch's records (see [`Batch::next_record`]).
     pub fn iter(&self) -> BatchIter<'_, 'c, M> {
-        BatchIter { batch: self }
+        BatchIter {
+            batch: self,
+            records: 0,
+            bytes: 0,
+        }
     }
 
     /// Bytes consumed so far by this batch (records, discarded records and headers).
@@ -737,8 +755,23 @@ impl<M: RingMemory> core::fmt::Debug for Batch<'_, M> {
 }
 
 /// Iterator over a [`Batch`]'s records; each borrows the batch.
+///
+/// It counts the records it yields in its own fields and adds them to the batch's statistics
+/// when it is dropped, so the count costs a register increment per record.
 pub struct BatchIter<'b, 'c, M: RingMemory> {
     batch: &'b Batch<'c, M>,
+    /// Records yielded, not yet added to the batch's count.
+    records: u64,
+    /// Their payload bytes.
+    bytes: u64,
+}
+
+impl<M: RingMemory> Drop for BatchIter<'_, '_, M> {
+    fn drop(&mut self) {
+        let batch = self.batch;
+        batch.records.set(batch.records.get() + self.records);
+        batch.bytes.set(batch.bytes.get() + self.bytes);
+    }
 }
 
 impl<M: RingMemory> core::fmt::Debug for BatchIter<'_, '_, M> {
@@ -752,7 +785,12 @@ impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        self.batch.next_record()
+        let next = self.batch.advance();
+        if let Some(Ok(record)) = &next {
+            self.records += 1;
+            self.bytes += record.len() as u64;
+        }
+        next
     }
 }
 
