@@ -379,7 +379,9 @@ impl<M: RingMemoryMut> KernelProducer<M> {
                 }
                 // WRITE_ONCE(rb->overwrite_pos): ordered before readers see the reservation by
                 // the store-release of producer_pos below, and before the new record's bytes.
-                overwrite_pos.store(position, Ordering::Relaxed);
+                // Release models x86 (TSO), where every store is a release store: a reader
+                // that sees this value also sees the earlier reservations' producer_pos.
+                overwrite_pos.store(position, Ordering::Release);
             }
             let offset = self.geometry.offset(producer_pos);
             // The payload length fits in 30 bits: checked against MAX_RECORD_LEN above.
@@ -433,9 +435,16 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         for (index, chunk) in data.chunks(4).enumerate() {
             let mut word = [0u8; 4];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.memory
-                .data_word(start + 4 * index)
-                .store(u32::from_ne_bytes(word), Ordering::Relaxed);
+            // Release models x86 (TSO), where the BPF program's plain stores become visible
+            // in program order: a reader that loads this word and then fences (acquire)
+            // also sees the overwrite_pos written at reserve (WRITE_ONCE in
+            // __bpf_ringbuf_reserve), which the overwrite reader's validation needs. On
+            // weakly ordered CPUs the kernel has no write barrier there; the loom control
+            // `KernelPayloadStoreTso` makes these Relaxed and shows torn copies pass.
+            self.memory.data_word(start + 4 * index).store(
+                u32::from_ne_bytes(word),
+                ordering(SyncPoint::KernelPayloadStoreTso, Ordering::Release),
+            );
         }
         Some(self.submit(reservation, wakeup))
     }

@@ -38,7 +38,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::OverwriteMemory;
 use crate::sync::atomic::{fence, Ordering};
-use crate::sync::{load_acquire_u32, load_acquire_usize, SyncPoint};
+use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, weakened, SyncPoint};
 
 /// Counters of an [`OverwriteConsumer`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -274,8 +274,12 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         // Acquire fence: the payload loads above complete before the overwrite_pos load below
         // (seqlock read side). Pairs with the kernel writing overwrite_pos (WRITE_ONCE in
         // __bpf_ringbuf_reserve) before the new record's bytes: if we read new bytes, we also
-        // see the new overwrite_pos.
-        fence(Ordering::Acquire);
+        // see the new overwrite_pos. (A loom negative control leaves the fence out.)
+        fence_at(SyncPoint::OverwriteFence, Ordering::Acquire);
+        if weakened(SyncPoint::OverwriteRecheck) {
+            // Loom negative control only: deliver the copy without validating it.
+            return Copy::Record { len, next };
+        }
         match self.overwritten(position) {
             Some(resume) => Copy::Overwritten(resume),
             None => Copy::Record { len, next },

@@ -87,6 +87,15 @@ mod weaken {
         UserProducerPosPublish,
         /// The USER_RINGBUF producer's exchange of the header at commit (made `Relaxed`).
         UserCommit,
+        /// The overwrite-mode reader's re-check of `overwrite_pos` after copying a record
+        /// (left out: the copy is delivered without validation).
+        OverwriteRecheck,
+        /// The overwrite-mode reader's acquire fence between the payload copy and the
+        /// re-check of `overwrite_pos` (left out).
+        OverwriteFence,
+        /// The kernel model's payload word stores in `output_atomic`, `Release` to model a
+        /// TSO (x86) writer (made `Relaxed`: a weakly ordered writer with no write barrier).
+        KernelPayloadStoreTso,
     }
 }
 

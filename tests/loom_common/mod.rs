@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use bpf_ringbuf::model::{KernelProducer, Reservation, Wakeup};
 use bpf_ringbuf::sync::atomic::{AtomicU32, AtomicUsize};
 use bpf_ringbuf::sync::{with_weakened, SyncPoint};
-use bpf_ringbuf::{RingMemory, RingMemoryMut};
+use bpf_ringbuf::{OverwriteMemory, RingMemory, RingMemoryMut};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
 pub const DEFAULT_PREEMPTIONS: usize = 3;
@@ -238,6 +238,97 @@ unsafe impl RingMemoryMut for LoomRing {
         // SAFETY: the buffer is freed only when the ring drops; only the caller touches it
         // until the write-back, which happens after it is done.
         unsafe { &mut *buffer }
+    }
+}
+
+/// A ring in overwrite mode (`BPF_F_RB_OVERWRITE`) in memory loom can reason about.
+///
+/// Every word is a loom atomic: the three positions and the whole data area, one `AtomicU32`
+/// per 4-byte word. The overwrite-mode reader (`OverwriteConsumer`) and the kernel model's
+/// `output_atomic` reach the data only word by word ([`header`](RingMemory::header) and
+/// [`data_word`](OverwriteMemory::data_word)), so loom sees, for every load, each store it
+/// may read under the C++ memory model: a torn copy shows up as words from two records.
+/// `header(offset)` is the same word as `data_word(offset)`, and `data_word` indexes
+/// `(offset % size) / 4`, as the kernel's double mapping makes byte `size + i` byte `i`.
+pub struct LoomOverwriteRing {
+    consumer_pos: AtomicUsize,
+    producer_pos: AtomicUsize,
+    overwrite_pos: AtomicUsize,
+    size: usize,
+    /// The data area, one word per 4 bytes.
+    words: Box<[AtomicU32]>,
+}
+
+impl LoomOverwriteRing {
+    /// An empty ring of `size` bytes (a power of two, at least 16) whose positions (and
+    /// `overwrite_pos`) start at `position`. Must be called inside a loom model.
+    pub fn starting_at(size: usize, position: usize) -> Self {
+        assert!(size.is_power_of_two() && size >= 16);
+        assert_eq!(position % 8, 0);
+        Self {
+            consumer_pos: AtomicUsize::new(position),
+            producer_pos: AtomicUsize::new(position),
+            overwrite_pos: AtomicUsize::new(position),
+            size,
+            words: (0..size / 4).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+// SAFETY: `size` is fixed and a power of two; the positions are fields; `header` returns the
+// data word at every 8-aligned offset below `size` (and panics otherwise). `bytes` is never
+// reached: the overwrite reader and the kernel model's `output_atomic` access the data only
+// through `header` and `data_word`, and a model that called it would fail loudly, never
+// read wrong bytes.
+unsafe impl RingMemory for LoomOverwriteRing {
+    fn consumer_pos(&self) -> &AtomicUsize {
+        &self.consumer_pos
+    }
+
+    fn producer_pos(&self) -> &AtomicUsize {
+        &self.producer_pos
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn header(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset < self.size && offset % 8 == 0,
+            "header offset {offset} outside the ring or misaligned"
+        );
+        &self.words[offset / 4]
+    }
+
+    unsafe fn bytes(&self, _offset: usize, _len: usize) -> &[u8] {
+        // Loom atomics cannot be lent as bytes; the overwrite models never need to.
+        unreachable!("the overwrite-mode models read the data only word by word")
+    }
+}
+
+// SAFETY: as for `RingMemory`; `bytes_mut` is never reached (`output_atomic` writes word by
+// word, and `new_overwrite`'s contract forbids `payload`/`output` while a reader runs).
+unsafe impl RingMemoryMut for LoomOverwriteRing {
+    unsafe fn bytes_mut(&self, _offset: usize, _len: usize) -> &mut [u8] {
+        unreachable!("the overwrite-mode models write the data only word by word")
+    }
+}
+
+// SAFETY: `overwrite_pos` is a field; `data_word` returns the word at `offset % size` for
+// every 4-aligned `offset < 2 * size` (the double mapping), the same word `header` returns
+// for that offset, and panics otherwise.
+unsafe impl OverwriteMemory for LoomOverwriteRing {
+    fn overwrite_pos(&self) -> &AtomicUsize {
+        &self.overwrite_pos
+    }
+
+    fn data_word(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset < 2 * self.size && offset % 4 == 0,
+            "data word offset {offset} outside the double-mapped data area or misaligned"
+        );
+        &self.words[(offset % self.size) / 4]
     }
 }
 
