@@ -13,10 +13,13 @@
 //!   [`header`], [`geometry`], and the [`Consumer`], which reads through the narrow
 //!   [`RingMemory`] abstraction. Its zero-copy [`Batch`] lends records as `&[u8]` checked by
 //!   the borrow checker — safe code, no `unsafe` for the user. Every position and header is
-//!   treated as untrusted input ([`ReadError`]).
+//!   treated as untrusted input ([`ReadError`]). The USER_RINGBUF [`Producer`] writes the
+//!   other way: [`Reservation`]s are `&mut [u8]` in the ring, several may be outstanding, and
+//!   sizes the kernel would reject are refused up front ([`ReserveError`]).
 //! - **The Linux front end** (feature `std`, on by default): [`RingBuf`] opens a map (from any
 //!   fd, a pinned path or a map id), checks its type, maps it with the right permissions and
-//!   waits for data through epoll. The kernel calls live in the `bpf-ringbuf-sys` crate.
+//!   waits for data through epoll; [`UserRingBuf`] does the same for the producer side of a
+//!   USER_RINGBUF. The kernel calls live in the `bpf-ringbuf-sys` crate.
 //!
 //! # Quick start
 //!
@@ -34,6 +37,29 @@
 //!     }
 //! }
 //! # }
+//! ```
+//!
+//! # Writing to the kernel (USER_RINGBUF)
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bpf_ringbuf::{ReserveError, UserRingBuf};
+//! use std::time::Duration;
+//!
+//! let ring = UserRingBuf::from_pinned("/sys/fs/bpf/commands")?;
+//! let mut command = ring.reserve(16)?; // &mut [u8] in the ring itself
+//! command.copy_from_slice(&[0x2a; 16]);
+//! command.submit();
+//! match ring.output(b"a copied sample") {
+//!     Err(ReserveError::NoSpace { .. }) => {
+//!         // Full until the BPF program drains it: wait for the kernel's EPOLLOUT.
+//!         let mut sample = ring.reserve_timeout(15, Some(Duration::from_secs(1)))?;
+//!         sample.copy_from_slice(b"a copied sample");
+//!         sample.submit();
+//!     }
+//!     other => other?,
+//! }
+//! # Ok(()) }
 //! ```
 //!
 //! # Crate features
@@ -62,6 +88,7 @@ pub mod header;
 pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod model;
+pub mod producer;
 pub mod sync;
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
@@ -72,6 +99,7 @@ pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;
 pub use memory::{RingMemory, RingMemoryMut};
+pub use producer::{Producer, Reservation, ReserveError};
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 pub use linux::*;

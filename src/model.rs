@@ -6,6 +6,11 @@
 //! is written `len | BUSY` before `producer_pos` is published with a store-release, commit and
 //! discard clear BUSY with an exchange in any order, and the wakeup decision is the kernel's.
 //! The fuzz targets and loom models reuse the same code.
+//!
+//! [`KernelDrain`] is the other direction: `bpf_user_ringbuf_drain` reading what a
+//! [`Producer`](crate::Producer) wrote into a USER_RINGBUF, with the kernel's checks and limits.
+
+use core::ops::ControlFlow;
 
 use crate::error::GeometryError;
 use crate::geometry::{distance, Geometry};
@@ -375,5 +380,286 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
         wake
+    }
+}
+
+/// Why a (modelled) `bpf_user_ringbuf_drain` call failed: the kernel's error return.
+///
+/// A bad header is not skipped: `consumer_pos` stays at it, and every later drain fails the
+/// same way until user space rewrites it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// `-EINVAL`: `producer_pos` is not 8-byte aligned.
+    MisalignedProducerPos {
+        /// The producer position found in the ring.
+        producer_pos: usize,
+    },
+    /// `-EINVAL`: the sample at `consumer_pos` extends past `producer_pos`.
+    SampleOutOfBounds {
+        /// Position of the bad header.
+        position: usize,
+        /// The raw `len` word of the header.
+        header: u32,
+        /// Bytes the header claims (header included, rounded up).
+        record_size: usize,
+        /// Bytes between `consumer_pos` and `producer_pos`.
+        available: usize,
+    },
+    /// `-E2BIG`: the sample is larger than the ring, or than a dynptr can describe
+    /// ([`MAX_SAMPLE_LEN`](crate::producer::MAX_SAMPLE_LEN)).
+    SampleTooLarge {
+        /// Position of the bad header.
+        position: usize,
+        /// The raw `len` word of the header.
+        header: u32,
+    },
+    /// `-EBUSY`: another drain of the same ring is running.
+    Busy,
+    /// `consumer_pos` is not 8-byte aligned. The kernel has no such error because its
+    /// `consumer_pos` cannot be misaligned (only the drain writes it, by whole records from 0);
+    /// the model's memory can be written by anyone, so it reports this (as `-EINVAL`) rather
+    /// than reading a misaligned header.
+    MisalignedConsumerPos {
+        /// The consumer position found in the ring.
+        consumer_pos: usize,
+    },
+}
+
+impl DrainError {
+    /// The positive errno the kernel returns (negated) for this error.
+    pub fn errno(self) -> i32 {
+        match self {
+            Self::MisalignedProducerPos { .. }
+            | Self::SampleOutOfBounds { .. }
+            | Self::MisalignedConsumerPos { .. } => 22, // EINVAL
+            Self::SampleTooLarge { .. } => 7, // E2BIG
+            Self::Busy => 16,                 // EBUSY
+        }
+    }
+}
+
+impl core::fmt::Display for DrainError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::MisalignedProducerPos { producer_pos } => {
+                write!(
+                    f,
+                    "EINVAL: producer_pos {producer_pos:#x} is not 8-byte aligned"
+                )
+            }
+            Self::SampleOutOfBounds {
+                position,
+                header,
+                record_size,
+                available,
+            } => write!(
+                f,
+                "EINVAL: sample at {position:#x} (header {header:#010x}) needs {record_size} \
+                 bytes, {available} were produced"
+            ),
+            Self::SampleTooLarge { position, header } => write!(
+                f,
+                "E2BIG: sample at {position:#x} (header {header:#010x}) is too large"
+            ),
+            Self::Busy => write!(f, "EBUSY: another drain is running"),
+            Self::MisalignedConsumerPos { consumer_pos } => write!(
+                f,
+                "corrupt ring: consumer_pos {consumer_pos:#x} is not 8-byte aligned"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for DrainError {}
+
+/// What one step of the drain found at `consumer_pos` (`__bpf_user_ringbuf_peek`).
+enum Peek {
+    /// `-ENODATA`: nothing produced, or a BUSY sample.
+    NoData,
+    /// `-EAGAIN`: a discarded sample, already skipped (consumer_pos moved past it).
+    Discarded,
+    /// A committed sample: payload offset (from the header's offset) and length.
+    Sample { offset: usize, len: usize },
+}
+
+/// A model of the kernel side of a USER_RINGBUF: `bpf_user_ringbuf_drain`, with the checks,
+/// orderings, limits and wakeup rule of kernel/bpf/ringbuf.c (`__bpf_user_ringbuf_peek`,
+/// `__bpf_user_ringbuf_sample_release`).
+///
+/// The one deliberate difference: the kernel compares `consumer_pos >= producer_pos` as raw
+/// 64-bit numbers, which never wrap in practice; the model compares their wrapping distance,
+/// so that tests can start the positions just below `usize::MAX`.
+pub struct KernelDrain<M: RingMemory> {
+    memory: M,
+    geometry: Geometry,
+    /// The ring's `busy` word: one drain at a time.
+    busy: AtomicBool,
+    /// Number of wakeups the model decided on (`irq_work_queue` calls).
+    wakeups: AtomicUsize,
+}
+
+impl<M: RingMemory> KernelDrain<M> {
+    /// A drain for the ring in `memory`.
+    ///
+    /// # Errors
+    ///
+    /// [`GeometryError`] if `memory.size()` is not a valid ring size.
+    pub fn new(memory: M) -> Result<Self, GeometryError> {
+        let geometry = Geometry::new(memory.size())?;
+        Ok(Self {
+            memory,
+            geometry,
+            busy: AtomicBool::new(false),
+            wakeups: AtomicUsize::new(0),
+        })
+    }
+
+    /// The memory this drain reads.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    /// How many times a drain decided to wake the producer's waiters.
+    pub fn wakeups(&self) -> usize {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// `bpf_user_ringbuf_drain(map, callback, ctx, flags)`: calls `callback` with each
+    /// committed sample, in order, until it returns [`ControlFlow::Break`], a BUSY sample or
+    /// `producer_pos` is reached, or [`MAX_SAMPLES_PER_DRAIN`] samples (discarded ones
+    /// included) were visited. Returns the number of samples delivered (discarded ones not
+    /// counted), as the kernel does.
+    ///
+    /// [`MAX_SAMPLES_PER_DRAIN`]: crate::producer::MAX_SAMPLES_PER_DRAIN
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error returns ([`DrainError`]); samples delivered before the error stay
+    /// consumed.
+    pub fn drain<F>(&self, wakeup: Wakeup, mut callback: F) -> Result<usize, DrainError>
+    where
+        F: FnMut(&[u8]) -> ControlFlow<()>,
+    {
+        // atomic_try_cmpxchg(&rb->busy, 0, 1).
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(DrainError::Busy);
+        }
+        let mut samples = 0;
+        let mut discarded = 0;
+        let mut result = Ok(());
+        while samples < crate::producer::MAX_SAMPLES_PER_DRAIN {
+            match self.peek() {
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+                Ok(Peek::NoData) => break,
+                Ok(Peek::Discarded) => {
+                    samples += 1;
+                    discarded += 1;
+                }
+                Ok(Peek::Sample { offset, len }) => {
+                    samples += 1;
+                    // SAFETY: `peek` checked `record_size(len) <= size` and `offset < size`,
+                    // so `offset + len <= 2 * size`. The sample is committed (BUSY clear,
+                    // seen with Acquire) and lies before producer_pos and at consumer_pos, so
+                    // the producer does not write it until consumer_pos moves past it, which
+                    // happens below, after the callback returned.
+                    let sample = unsafe { self.memory.bytes(offset, len) };
+                    let flow = callback(sample);
+                    self.release(len);
+                    if flow.is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        // smp_mb__before_atomic(); atomic_set(&rb->busy, 0).
+        self.busy.store(false, Ordering::Release);
+        let wake = match wakeup {
+            Wakeup::Force => true,
+            Wakeup::Never => false,
+            Wakeup::Adaptive => samples > 0,
+        };
+        if wake {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        result.map(|()| samples - discarded)
+    }
+
+    /// `__bpf_user_ringbuf_peek`: checks the sample at `consumer_pos`, in the kernel's order.
+    fn peek(&self) -> Result<Peek, DrainError> {
+        // Acquire: smp_load_acquire(&rb->producer_pos), pairs with the user-space producer's
+        // store-release, so the header written before it is visible.
+        let producer_pos = self.memory.producer_pos().load(Ordering::Acquire);
+        if producer_pos % 8 != 0 {
+            return Err(DrainError::MisalignedProducerPos { producer_pos });
+        }
+        // Acquire: our own earlier store-release; only one drain runs at a time.
+        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        let available = distance(consumer_pos, producer_pos);
+        // The kernel: `cons_pos >= prod_pos` on raw u64 values (see the type's docs).
+        if available == 0 || available > usize::MAX / 2 {
+            return Ok(Peek::NoData);
+        }
+        if consumer_pos % 8 != 0 {
+            return Err(DrainError::MisalignedConsumerPos { consumer_pos });
+        }
+        let offset = self.geometry.offset(consumer_pos);
+        // Acquire: smp_load_acquire(hdr), pairs with the producer's release exchange at
+        // commit, which published the payload.
+        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let len = header.len();
+        let size = header.record_size();
+        if size > available {
+            return Err(DrainError::SampleOutOfBounds {
+                position: consumer_pos,
+                header: header.raw(),
+                record_size: size,
+                available,
+            });
+        }
+        if size > self.geometry.size() || len > crate::producer::MAX_SAMPLE_LEN {
+            return Err(DrainError::SampleTooLarge {
+                position: consumer_pos,
+                header: header.raw(),
+            });
+        }
+        // DISCARD is checked before BUSY: a sample with both bits set is skipped.
+        if header.is_discarded() {
+            // Release: smp_store_release(&rb->consumer_pos, ...), pairs with the producer's
+            // load-acquire of consumer_pos: it may reuse the space.
+            self.memory
+                .consumer_pos()
+                .store(consumer_pos.wrapping_add(size), Ordering::Release);
+            return Ok(Peek::Discarded);
+        }
+        if header.is_busy() {
+            return Ok(Peek::NoData);
+        }
+        // The kernel addresses the payload as data + ((cons + 8) & mask), the same bytes as
+        // data + (cons & mask) + 8 through the double mapping; the latter also works for
+        // memory that is not double mapped (see `RingMemory::bytes`).
+        Ok(Peek::Sample {
+            offset: offset + HEADER_SIZE,
+            len,
+        })
+    }
+
+    /// `__bpf_user_ringbuf_sample_release`: moves `consumer_pos` past the sample.
+    fn release(&self, len: usize) {
+        // Relaxed: only the drain holding `busy` writes consumer_pos.
+        let consumer_pos = self.memory.consumer_pos().load(Ordering::Relaxed);
+        // Release: smp_store_release(&rb->consumer_pos, ...), pairs with the producer's
+        // load-acquire: the callback has finished reading the sample.
+        self.memory.consumer_pos().store(
+            consumer_pos.wrapping_add(record_size(len)),
+            Ordering::Release,
+        );
     }
 }

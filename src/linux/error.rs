@@ -4,6 +4,7 @@ use std::io;
 use bpf_ringbuf_sys::{BpfError, MapType};
 
 use crate::error::GeometryError;
+use crate::producer::ReserveError;
 
 /// Why opening, mapping or waiting on a ring failed.
 #[derive(Debug)]
@@ -29,6 +30,15 @@ pub enum Error {
     },
     /// Another system call failed (epoll, eventfd, dup).
     Io(io::Error),
+    /// A USER_RINGBUF reservation was refused (for a reservation with a timeout:
+    /// [`ReserveError::NoSpace`] when the time ran out).
+    Reserve(ReserveError),
+    /// This process already has a producer for the USER_RINGBUF map with this id: the protocol
+    /// allows one producer per ring.
+    ProducerExists {
+        /// The map's id.
+        map_id: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -41,6 +51,11 @@ impl fmt::Display for Error {
             Self::Geometry(error) => write!(f, "invalid ring map: {error}"),
             Self::Map { part, source } => write!(f, "mmap of the ring's {part} failed: {source}"),
             Self::Io(error) => error.fmt(f),
+            Self::Reserve(error) => error.fmt(f),
+            Self::ProducerExists { map_id } => write!(
+                f,
+                "this process already has a producer for USER_RINGBUF map {map_id}"
+            ),
         }
     }
 }
@@ -52,7 +67,8 @@ impl std::error::Error for Error {
             Self::Geometry(error) => Some(error),
             Self::Map { source, .. } => Some(source),
             Self::Io(error) => Some(error),
-            Self::WrongMapType { .. } => None,
+            Self::Reserve(error) => Some(error),
+            Self::WrongMapType { .. } | Self::ProducerExists { .. } => None,
         }
     }
 }
@@ -60,6 +76,12 @@ impl std::error::Error for Error {
 impl From<BpfError> for Error {
     fn from(error: BpfError) -> Self {
         Self::Bpf(error)
+    }
+}
+
+impl From<ReserveError> for Error {
+    fn from(error: ReserveError) -> Self {
+        Self::Reserve(error)
     }
 }
 
@@ -75,6 +97,9 @@ impl From<Error> for io::Error {
             Error::Io(error) => error,
             Error::Map { source, .. } => source,
             Error::Bpf(error) => error.into(),
+            Error::Reserve(error @ ReserveError::NoSpace { .. }) => {
+                io::Error::new(io::ErrorKind::WouldBlock, error)
+            }
             other => io::Error::new(io::ErrorKind::InvalidInput, other),
         }
     }

@@ -6,11 +6,13 @@
 mod error;
 mod mapping;
 mod ringbuf;
+mod user;
 mod wait;
 
 pub use error::Error;
 pub use mapping::{MapKind, RingMapping};
 pub use ringbuf::RingBuf;
+pub use user::UserRingBuf;
 pub use wait::WaitStats;
 
 /// The kernel interface crate, re-exported so users name the same types (`MapType`,
