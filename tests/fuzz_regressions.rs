@@ -17,6 +17,8 @@ mod input;
 mod records;
 #[path = "../fuzz/src/reference.rs"]
 mod reference;
+#[path = "../fuzz/src/user_producer.rs"]
+mod user_producer;
 
 use std::path::{Path, PathBuf};
 
@@ -68,6 +70,11 @@ fn differential_regressions() {
 #[test]
 fn records_regressions() {
     replay("records", records::run);
+}
+
+#[test]
+fn user_producer_regressions() {
+    replay("user_producer", user_producer::run);
 }
 
 /// The seed cases are not vacuous: between them, the first read of the `decode` cases meets

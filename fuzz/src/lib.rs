@@ -11,6 +11,7 @@ pub mod differential;
 pub mod input;
 pub mod records;
 pub mod reference;
+pub mod user_producer;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 
@@ -29,4 +30,5 @@ arbitrary_from_bytes! {
     decode::DecodeCase => decode::DecodeCase::from_bytes,
     differential::Script => differential::Script::from_bytes,
     records::Layout => records::Layout::from_bytes,
+    user_producer::Script => user_producer::Script::from_bytes,
 }
