@@ -27,7 +27,8 @@ use crate::error::{GeometryError, ReadError};
 use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemory;
-use crate::sync::atomic::{fence, Ordering};
+use crate::sync::atomic::Ordering;
+use crate::sync::{fence_at, ordering, weakened, SyncPoint};
 
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
@@ -60,6 +61,43 @@ use crate::sync::atomic::{fence, Ordering};
 pub struct Consumer<M: RingMemory> {
     memory: M,
     geometry: Geometry,
+    /// What this consumer has read so far; updated once per batch.
+    stats: Stats,
+}
+
+/// What a [`Consumer`] has read: counted in plain integers while a batch runs and added up
+/// once when it ends, so the per-record cost is an increment and an add.
+///
+/// Records lost because the ring was full never reach the ring, so they cannot be counted
+/// here: BPF programs count them themselves, and `DropCounter` (feature `std`) reads the
+/// usual per-CPU counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Committed records delivered (lent, copied or passed to a callback).
+    pub records: u64,
+    /// Payload bytes of those records (headers and padding not included).
+    pub bytes: u64,
+    /// Records the producer discarded (`bpf_ringbuf_discard`), skipped.
+    pub discarded: u64,
+    /// Ring bytes handed back to the producer: records, discarded records, headers, padding.
+    pub consumed_bytes: u64,
+    /// Reads that stopped at a head record still BUSY (reserved, not yet committed): the
+    /// records behind it wait for its commit.
+    pub busy_stops: u64,
+    /// Batches that consumed anything (each published `consumer_pos` once).
+    pub batches: u64,
+}
+
+impl Stats {
+    /// Adds another set of counters to these.
+    pub fn add(&mut self, other: &Stats) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.discarded += other.discarded;
+        self.consumed_bytes += other.consumed_bytes;
+        self.busy_stops += other.busy_stops;
+        self.batches += other.batches;
+    }
 }
 
 /// What one step of the read loop found at a position.
@@ -109,7 +147,11 @@ impl<M: RingMemory> Consumer<M> {
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
     pub fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
-        Ok(Self { memory, geometry })
+        Ok(Self {
+            memory,
+            geometry,
+            stats: Stats::default(),
+        })
     }
 
     /// The ring's geometry.
@@ -120,6 +162,29 @@ impl<M: RingMemory> Consumer<M> {
     /// The memory this consumer reads.
     pub fn memory(&self) -> &M {
         &self.memory
+    }
+
+    /// What this consumer has read so far (see [`Stats`]).
+    ///
+    /// ```
+    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
+    /// # use bpf_ringbuf::Consumer;
+    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
+    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// producer.output(b"abc", Wakeup::Adaptive).unwrap();
+    /// let mut consumer = Consumer::new(ring)?;
+    /// consumer.batch().iter().for_each(drop);
+    /// let stats = consumer.stats();
+    /// assert_eq!((stats.records, stats.bytes, stats.consumed_bytes), (1, 3, 16));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Returns the counters and sets them to zero.
+    pub fn take_stats(&mut self) -> Stats {
+        core::mem::take(&mut self.stats)
     }
 
     /// Gives the memory back.
@@ -135,7 +200,10 @@ impl<M: RingMemory> Consumer<M> {
             consumer: self.memory.consumer_pos().load(Ordering::Acquire),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in
             // __bpf_ringbuf_reserve, making the headers it wrote visible.
-            producer: self.memory.producer_pos().load(Ordering::Acquire),
+            producer: self
+                .memory
+                .producer_pos()
+                .load(ordering(SyncPoint::ProducerPosLoad, Ordering::Acquire)),
         }
     }
 
@@ -181,7 +249,11 @@ impl<M: RingMemory> Consumer<M> {
         // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header = RecordHeader::from_raw(
+            self.memory
+                .header(offset)
+                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
+        );
         if header.is_busy() {
             return Step::Busy;
         }
@@ -215,9 +287,10 @@ impl<M: RingMemory> Consumer<M> {
         // Release: pairs with smp_load_acquire(&rb->consumer_pos) in __bpf_ringbuf_reserve
         // (and in bpf_ringbuf_commit's wakeup check): our reads of the records before
         // `position` are complete before the kernel may reuse their space.
-        self.memory
-            .consumer_pos()
-            .store(position, Ordering::Release);
+        self.memory.consumer_pos().store(
+            position,
+            ordering(SyncPoint::ConsumerPosPublish, Ordering::Release),
+        );
     }
 
     /// Starts a zero-copy batch over the records committed so far.
@@ -253,6 +326,9 @@ impl<M: RingMemory> Consumer<M> {
             end: Cell::new(end),
             error: Cell::new(error),
             stopped_at_busy: Cell::new(false),
+            records: Cell::new(0),
+            bytes: Cell::new(0),
+            discarded: Cell::new(0),
         }
     }
 
@@ -322,10 +398,19 @@ impl<M: RingMemory> Consumer<M> {
         let positions = self.positions();
         self.validate(positions)?;
         let mut position = positions.consumer;
+        let mut discarded = 0;
+        let mut delivered = None;
         let result = loop {
             match self.step(position, positions.producer) {
-                Step::End | Step::Busy => break Ok(None),
-                Step::Discarded(next) => position = next,
+                Step::End => break Ok(None),
+                Step::Busy => {
+                    self.stats.busy_stops += 1;
+                    break Ok(None);
+                }
+                Step::Discarded(next) => {
+                    discarded += 1;
+                    position = next;
+                }
                 Step::Corrupt(error) => break Err(error),
                 Step::Record { offset, len, next } => {
                     // SAFETY: `step` checked `offset + len <= 2 * size` (the record lies
@@ -337,6 +422,7 @@ impl<M: RingMemory> Consumer<M> {
                     match f(record) {
                         Ok(value) => {
                             position = next;
+                            delivered = Some(len);
                             break Ok(Some(value));
                         }
                         Err(error) => break Err(error),
@@ -346,6 +432,14 @@ impl<M: RingMemory> Consumer<M> {
         };
         if position != positions.consumer {
             self.publish(position);
+            let stats = &mut self.stats;
+            stats.discarded += discarded;
+            stats.consumed_bytes += distance(positions.consumer, position) as u64;
+            stats.batches += 1;
+            if let Some(len) = delivered {
+                stats.records += 1;
+                stats.bytes += len as u64;
+            }
         }
         result
     }
@@ -434,7 +528,7 @@ impl<M: RingMemory> Consumer<M> {
         // loads consumer_pos. With a full barrier on both sides, at least one of us sees the
         // other's store: either we see the new record here, or the kernel sees our position
         // and wakes us.
-        fence(Ordering::SeqCst);
+        fence_at(SyncPoint::SleepFence, Ordering::SeqCst);
         let positions = self.positions();
         if positions.producer == positions.consumer {
             return Readiness::Empty;
@@ -444,7 +538,11 @@ impl<M: RingMemory> Consumer<M> {
         }
         let offset = self.geometry.offset(positions.consumer);
         // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header = RecordHeader::from_raw(
+            self.memory
+                .header(offset)
+                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
+        );
         if header.is_busy() {
             Readiness::HeadBusy
         } else {
@@ -503,6 +601,12 @@ pub struct Batch<'c, M: RingMemory> {
     error: Cell<Option<ReadError>>,
     /// The last read stopped at a BUSY record.
     stopped_at_busy: Cell<bool>,
+    /// Records lent so far (added to the consumer's [`Stats`] when the batch ends).
+    records: Cell<u64>,
+    /// Payload bytes lent so far.
+    bytes: Cell<u64>,
+    /// Discarded records skipped so far.
+    discarded: Cell<u64>,
 }
 
 impl<'c, M: RingMemory> Batch<'c, M> {
@@ -519,17 +623,25 @@ impl<'c, M: RingMemory> Batch<'c, M> {
             match consumer.step(position, end) {
                 Step::Record { offset, len, next } => {
                     self.cursor.set(next);
+                    self.records.set(self.records.get() + 1);
+                    self.bytes.set(self.bytes.get() + len as u64);
                     // SAFETY: `step` checked `offset + len <= 2 * size`. The record is
                     // committed (BUSY clear, seen with Acquire), at or after consumer_pos and
                     // before producer_pos, so nobody writes it until consumer_pos moves past
                     // it. Only this batch moves consumer_pos, when it ends (`commit`/`drop`),
                     // and ending takes the batch by value or `&mut`, which the borrow checker
                     // forbids while the returned `&self`-borrowed slice lives.
-                    return Some(Ok(unsafe { consumer.memory.bytes(offset, len) }));
+                    let record = unsafe { consumer.memory.bytes(offset, len) };
+                    if weakened(SyncPoint::BatchEarlyPublish) {
+                        // A loom negative control: publish while the record is still lent.
+                        consumer.publish(next);
+                    }
+                    return Some(Ok(record));
                 }
                 Step::Discarded(next) => {
                     position = next;
                     self.cursor.set(next);
+                    self.discarded.set(self.discarded.get() + 1);
                 }
                 Step::Busy => {
                     self.stopped_at_busy.set(true);
@@ -572,8 +684,18 @@ impl<'c, M: RingMemory> Batch<'c, M> {
 impl<M: RingMemory> Drop for Batch<'_, M> {
     fn drop(&mut self) {
         let cursor = self.cursor.get();
+        let stats = &mut self.consumer.stats;
+        if self.stopped_at_busy.get() {
+            stats.busy_stops += 1;
+        }
         if cursor != self.start {
             self.consumer.publish(cursor);
+            let stats = &mut self.consumer.stats;
+            stats.records += self.records.get();
+            stats.bytes += self.bytes.get();
+            stats.discarded += self.discarded.get();
+            stats.consumed_bytes += distance(self.start, cursor) as u64;
+            stats.batches += 1;
         }
     }
 }

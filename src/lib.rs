@@ -19,7 +19,10 @@
 //! - **The Linux front end** (feature `std`, on by default): [`RingBuf`] opens a map (from any
 //!   fd, a pinned path or a map id), checks its type, maps it with the right permissions and
 //!   waits for data through epoll; [`UserRingBuf`] does the same for the producer side of a
-//!   USER_RINGBUF. The kernel calls live in the `bpf-ringbuf-sys` crate.
+//!   USER_RINGBUF. `Poller` waits on many rings at once, `Flusher` stops a waiting reader
+//!   from another thread, `DropCounter` reads the counter BPF programs keep of lost events
+//!   (`docs/waiting.md` explains the waiting). The kernel calls live in the `bpf-ringbuf-sys`
+//!   crate.
 //!
 //! # Quick start
 //!
@@ -73,6 +76,8 @@
 //! # Crate features
 //!
 //! - `std` (default): the Linux front end; implies `alloc`.
+//! - `tokio`: `AsyncRingBuf` and `AsyncSpaceWaiter`, waiting through tokio's reactor; implies
+//!   `std`.
 //! - `alloc`: owned-record helpers ([`Consumer::read_vec`], [`Consumer::read_owned`]) and the
 //!   heap-backed [`model`] of a ring and of the kernel's producer.
 //!
@@ -86,7 +91,8 @@
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
-#[cfg(feature = "std")]
+// Loom (and the negative-control switch in `sync`) need std.
+#[cfg(any(feature = "std", bpf_ringbuf_loom))]
 extern crate std;
 
 pub mod consumer;
@@ -114,7 +120,7 @@ pub mod guide {
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 mod linux;
 
-pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness};
+pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness, Stats};
 pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;

@@ -16,8 +16,10 @@ use crate::error::GeometryError;
 use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
 use crate::memory::{RingMemory, RingMemoryMut};
-use crate::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use crate::sync::spin_loop;
+// `AtomicU32` is used only by `HeapRing`, which loom builds leave out.
+#[cfg_attr(bpf_ringbuf_loom, allow(unused_imports))]
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{fence_at, ordering, spin_loop, weakened, SyncPoint};
 
 #[cfg(not(bpf_ringbuf_loom))]
 pub use heap::HeapRing;
@@ -287,7 +289,9 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         // Under the lock, producer_pos has no other writer.
         let producer_pos = self.memory.producer_pos().load(Ordering::Relaxed);
         let mut pending_pos = self.pending_pos.load(Ordering::Relaxed);
-        while pending_pos != producer_pos {
+        // (A loom negative control leaves this walk, and the check it feeds, out.)
+        let guard_pending = !weakened(SyncPoint::KernelPendingPos);
+        while guard_pending && pending_pos != producer_pos {
             let offset = self.geometry.offset(pending_pos);
             // Relaxed: READ_ONCE(hdr->len) in __bpf_ringbuf_reserve; only decides whether
             // the space may be reused, never reads the payload.
@@ -301,7 +305,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         let new_producer_pos = producer_pos.wrapping_add(size);
         let mask = self.geometry.mask();
         let reservation = if distance(consumer_pos, new_producer_pos) > mask
-            || distance(pending_pos, new_producer_pos) > mask
+            || (guard_pending && distance(pending_pos, new_producer_pos) > mask)
         {
             None
         } else {
@@ -363,10 +367,11 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         // xchg(&hdr->len, new_len): a fully ordered RMW. AcqRel publishes the payload to the
         // consumer's load-acquire of the header; the fence makes it a full barrier against
         // the consumer_pos load below, as the kernel's xchg is.
-        self.memory
-            .header(offset)
-            .swap(header.raw(), Ordering::AcqRel);
-        fence(Ordering::SeqCst);
+        self.memory.header(offset).swap(
+            header.raw(),
+            ordering(SyncPoint::KernelCommit, Ordering::AcqRel),
+        );
+        fence_at(SyncPoint::KernelCommitFence, Ordering::SeqCst);
         // smp_load_acquire(&rb->consumer_pos) & rb->mask, compared with the record's offset.
         let consumer_offset = self
             .geometry

@@ -64,6 +64,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemoryMut;
 use crate::sync::atomic::{fence, Ordering};
+use crate::sync::{ordering, SyncPoint};
 
 /// The largest sample payload `bpf_user_ringbuf_drain` accepts: a dynptr's size field is 24
 /// bits (`DYNPTR_MAX_SIZE`, checked by `bpf_dynptr_check_size`). A larger header makes the
@@ -250,7 +251,10 @@ impl<M: RingMemoryMut> Producer<M> {
         // Acquire: pairs with the smp_store_release() of consumer_pos in
         // __bpf_user_ringbuf_sample_release (and in __bpf_user_ringbuf_peek for discarded
         // samples): the kernel has finished reading the space it hands back.
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        let consumer_pos = self
+            .memory
+            .consumer_pos()
+            .load(ordering(SyncPoint::UserConsumerPosLoad, Ordering::Acquire));
         let used = distance(consumer_pos, producer_pos);
         if used > self.geometry.size() || consumer_pos % 8 != 0 || producer_pos % 8 != 0 {
             return Err(ReserveError::CorruptPositions {
@@ -316,9 +320,10 @@ impl<M: RingMemoryMut> Producer<M> {
         let new_producer_pos = producer_pos.wrapping_add(needed);
         // Release: pairs with smp_load_acquire(&rb->producer_pos) in __bpf_user_ringbuf_peek,
         // which then sees the BUSY header written above, never a stale one.
-        self.memory
-            .producer_pos()
-            .store(new_producer_pos, Ordering::Release);
+        self.memory.producer_pos().store(
+            new_producer_pos,
+            ordering(SyncPoint::UserProducerPosPublish, Ordering::Release),
+        );
         self.producer_pos.set(new_producer_pos);
         Ok(Reservation {
             producer: self,
@@ -379,9 +384,10 @@ impl<M: RingMemoryMut> Producer<M> {
         // AcqRel exchange: the Release half pairs with smp_load_acquire(hdr) in
         // __bpf_user_ringbuf_peek, publishing the payload before the kernel sees BUSY clear
         // (libbpf uses the same __atomic_exchange_n(..., __ATOMIC_ACQ_REL)).
-        self.memory
-            .header(offset)
-            .swap(header.raw(), Ordering::AcqRel);
+        self.memory.header(offset).swap(
+            header.raw(),
+            ordering(SyncPoint::UserCommit, Ordering::AcqRel),
+        );
     }
 }
 

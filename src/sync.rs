@@ -26,3 +26,102 @@ pub(crate) fn spin_loop() {
     #[cfg(bpf_ringbuf_loom)]
     loom::thread::yield_now();
 }
+
+// The negative-control switch. `SyncPoint` is public (hidden) only under the loom cfg; in normal
+// builds it is private to the crate and every point keeps its ordering.
+mod weaken {
+    /// A synchronisation point of the protocol that the loom models' negative controls can weaken.
+    ///
+    /// A model that cannot fail proves nothing: each loom model has a control that weakens one of
+    /// these points (an ordering to `Relaxed`, a fence or a check left out) and expects the model
+    /// checker to report the failure (`tests/loom_*.rs`, `docs/verification.md`). The switch only
+    /// exists under `--cfg bpf_ringbuf_loom`; in normal builds every point keeps its ordering and
+    /// this compiles to nothing.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))] // the kernel points live in `model`
+    pub enum SyncPoint {
+        /// The consumer's load-acquire of `producer_pos`.
+        ProducerPosLoad,
+        /// The consumer's load-acquire of a record header.
+        HeaderLoad,
+        /// The consumer's store-release of `consumer_pos`.
+        ConsumerPosPublish,
+        /// The full fence in `Consumer::check_before_sleep`.
+        SleepFence,
+        /// A batch's single publish at its end: when weakened, the batch publishes
+        /// `consumer_pos` past each record as it lends it (while it is still being read).
+        BatchEarlyPublish,
+        /// The kernel model's `xchg` of the header at commit (made `Relaxed`).
+        KernelCommit,
+        /// The full fence after the kernel model's commit `xchg` (the kernel's `xchg` is a
+        /// full barrier; left out, it is only an `AcqRel` exchange).
+        KernelCommitFence,
+        /// The kernel model's `pending_pos` check at reserve (left out).
+        KernelPendingPos,
+        /// The USER_RINGBUF producer's load-acquire of `consumer_pos` at reserve.
+        UserConsumerPosLoad,
+        /// The USER_RINGBUF producer's store-release of `producer_pos` at reserve.
+        UserProducerPosPublish,
+        /// The USER_RINGBUF producer's exchange of the header at commit (made `Relaxed`).
+        UserCommit,
+    }
+}
+
+#[cfg(not(bpf_ringbuf_loom))]
+pub(crate) use weaken::SyncPoint;
+#[cfg(bpf_ringbuf_loom)]
+#[doc(hidden)]
+pub use weaken::SyncPoint;
+
+/// `required`, or `Relaxed` while a loom negative control weakens `point`.
+#[inline(always)]
+pub(crate) fn ordering(point: SyncPoint, required: atomic::Ordering) -> atomic::Ordering {
+    if weakened(point) {
+        atomic::Ordering::Relaxed
+    } else {
+        required
+    }
+}
+
+/// `fence(ordering)`, left out while a loom negative control weakens `point`.
+#[inline(always)]
+pub(crate) fn fence_at(point: SyncPoint, ordering: atomic::Ordering) {
+    if !weakened(point) {
+        atomic::fence(ordering);
+    }
+}
+
+/// Whether a loom negative control currently weakens `point` (always `false` in normal builds).
+#[inline(always)]
+pub(crate) fn weakened(point: SyncPoint) -> bool {
+    #[cfg(bpf_ringbuf_loom)]
+    {
+        WEAKENED.with(|weakened| weakened.get() == Some(point))
+    }
+    #[cfg(not(bpf_ringbuf_loom))]
+    {
+        let _ = point;
+        false
+    }
+}
+
+#[cfg(bpf_ringbuf_loom)]
+std::thread_local! {
+    // A thread-local, not a global: tests in one binary run in parallel threads, and loom runs a
+    // model's threads as coroutines on the thread that called `loom::model`.
+    static WEAKENED: core::cell::Cell<Option<SyncPoint>> = const { core::cell::Cell::new(None) };
+}
+
+/// Runs `f` (a loom model) with `point` weakened; for negative controls only.
+#[cfg(bpf_ringbuf_loom)]
+#[doc(hidden)]
+pub fn with_weakened<R>(point: SyncPoint, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<SyncPoint>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WEAKENED.with(|weakened| weakened.set(self.0));
+        }
+    }
+    let _restore = Restore(WEAKENED.with(|weakened| weakened.replace(Some(point))));
+    f()
+}

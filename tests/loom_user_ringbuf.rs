@@ -16,7 +16,8 @@
 //! - a `Relaxed` store of `producer_pos`: the drain sees the position without the header.
 //!
 //! Each of these four weakenings, applied by hand to `src/producer.rs`, made loom report the
-//! failure named above (the negative controls to wire into `SyncPoint`).
+//! failure named above. The last three run as negative controls below, through
+//! `bpf_ringbuf::sync::SyncPoint`.
 #![cfg(bpf_ringbuf_loom)]
 
 #[rustfmt::skip]
@@ -27,8 +28,9 @@ use std::sync::Arc;
 
 use bpf_ringbuf::model::{KernelDrain, Wakeup};
 use bpf_ringbuf::sync::atomic::Ordering;
+use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Producer, ReserveError, RingMemory};
-use loom_common::{model, payload, LoomRing};
+use loom_common::{expect_failure, model, payload, LoomRing};
 
 /// A 32-byte ring whose positions start 24 bytes before `usize::MAX` wraps (offset 8).
 ///
@@ -141,4 +143,38 @@ fn out_of_order_commits_drain_in_reservation_order() {
 #[test]
 fn user_producer_out_of_order_commits() {
     model(out_of_order_commits_drain_in_reservation_order);
+}
+
+/// Control: a `Relaxed` commit exchange does not publish the payload: the drain reads bytes it
+/// has not synchronised with.
+#[test]
+fn control_user_commit_relaxed() {
+    expect_failure(
+        SyncPoint::UserCommit,
+        "Causality violation",
+        drain_sees_every_submitted_sample_once_in_order,
+    );
+}
+
+/// Control: a `Relaxed` load of `consumer_pos` at reserve lets the producer rewrite space the
+/// drain has handed back without ordering the drain's reads before the writes.
+#[test]
+fn control_user_consumer_pos_load_relaxed() {
+    expect_failure(
+        SyncPoint::UserConsumerPosLoad,
+        "Causality violation",
+        drain_sees_every_submitted_sample_once_in_order,
+    );
+}
+
+/// Control: a `Relaxed` store of `producer_pos` lets the drain see the new position without
+/// the BUSY header written before it: it reads the zeroed word, an empty committed sample that
+/// nobody produced.
+#[test]
+fn control_user_producer_pos_publish_relaxed() {
+    expect_failure(
+        SyncPoint::UserProducerPosPublish,
+        "never produced",
+        drain_sees_every_submitted_sample_once_in_order,
+    );
 }

@@ -5,8 +5,9 @@ use std::string::String;
 use bpf_ringbuf_sys::{BpfError, MapType};
 
 use super::probe::Feature;
-use crate::error::GeometryError;
+use crate::error::{GeometryError, ReadError};
 use crate::producer::ReserveError;
+use crate::RingId;
 
 /// Why opening, mapping or waiting on a ring failed.
 #[derive(Debug)]
@@ -32,6 +33,13 @@ pub enum Error {
     },
     /// Another system call failed (epoll, eventfd, dup).
     Io(io::Error),
+    /// A ring read while waiting turned out corrupt.
+    Read {
+        /// Which ring of a [`Poller`](crate::Poller) (`None` for a single ring).
+        ring: Option<RingId>,
+        /// What is wrong with it.
+        error: ReadError,
+    },
     /// A USER_RINGBUF reservation was refused (for a reservation with a timeout:
     /// [`ReserveError::NoSpace`] when the time ran out).
     Reserve(ReserveError),
@@ -61,6 +69,11 @@ impl fmt::Display for Error {
             Self::Geometry(error) => write!(f, "invalid ring map: {error}"),
             Self::Map { part, source } => write!(f, "mmap of the ring's {part} failed: {source}"),
             Self::Io(error) => error.fmt(f),
+            Self::Read {
+                ring: Some(ring),
+                error,
+            } => write!(f, "ring {}: {error}", ring.get()),
+            Self::Read { ring: None, error } => error.fmt(f),
             Self::Reserve(error) => error.fmt(f),
             Self::ProducerExists { map_id } => write!(
                 f,
@@ -87,6 +100,7 @@ impl std::error::Error for Error {
             Self::Geometry(error) => Some(error),
             Self::Map { source, .. } => Some(source),
             Self::Io(error) => Some(error),
+            Self::Read { error, .. } => Some(error),
             Self::Reserve(error) => Some(error),
             Self::WrongMapType { .. } | Self::ProducerExists { .. } | Self::Unsupported { .. } => {
                 None

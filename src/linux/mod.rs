@@ -3,17 +3,29 @@
 //! The kernel operations themselves (bpf(2), mmap, epoll) come from `bpf-ringbuf-sys`; this
 //! module joins them with the protocol core.
 
+mod drops;
 mod error;
+mod flush;
 mod mapping;
+mod poller;
 pub mod probe;
 mod ringbuf;
+mod space;
+#[cfg(feature = "tokio")]
+mod tokio;
 mod user;
 mod wait;
 
+pub use drops::DropCounter;
 pub use error::Error;
+pub use flush::{Flusher, WaitOutcome};
 pub use mapping::{MapKind, RingMapping};
+pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
 pub use probe::{Feature, Support};
 pub use ringbuf::RingBuf;
+pub use space::UserRingSpace;
+#[cfg(feature = "tokio")]
+pub use tokio::{AsyncRingBuf, AsyncSpaceWaiter};
 pub use user::UserRingBuf;
 pub use wait::WaitStats;
 

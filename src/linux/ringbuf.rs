@@ -1,13 +1,14 @@
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bpf_ringbuf_sys::{self as sys, MapType};
 use rustix::event::epoll;
 
+use super::flush::{Flusher, WaitOutcome};
 use super::mapping::{MapKind, RingMapping};
-use super::wait::{WaitStats, Waiter};
+use super::wait::{deadline_after, WaitStats, Waiter};
 use crate::consumer::{Consumer, Readiness};
 use crate::Error;
 
@@ -134,7 +135,10 @@ impl RingBuf {
     /// or signalled. It sleeps in an edge-triggered `epoll_wait`, so a BUSY head record does
     /// not make it spin: the kernel signals when that record is committed. Records committed
     /// with `BPF_RB_NO_WAKEUP` are found only when a wait ends, by its timeout or another
-    /// wakeup.
+    /// wakeup, or at the [periodic drain](RingBuf::set_periodic_drain) interval.
+    ///
+    /// A [flush or close](RingBuf::flusher) ends the wait with `Ok(false)` when nothing is
+    /// readable; [`wait_for`](RingBuf::wait_for) tells these apart.
     ///
     /// # Errors
     ///
@@ -144,6 +148,67 @@ impl RingBuf {
         self.waiter.wait_until(timeout, || {
             consumer.check_before_sleep() == Readiness::Readable
         })
+    }
+
+    /// Waits until a committed record can be read, `timeout` passes (`None`: no limit), or a
+    /// [`Flusher`] flushes or closes this ring; see [`WaitOutcome`]. Like
+    /// [`wait`](RingBuf::wait), it checks the ring before every sleep, so a record waiting is
+    /// always reported ([`WaitOutcome::Ready`]) before a flush or close.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `epoll_wait` fails.
+    pub fn wait_for(&mut self, timeout: Option<Duration>) -> Result<WaitOutcome, Error> {
+        self.wait_deadline(deadline_after(timeout))
+    }
+
+    /// As [`wait_for`](RingBuf::wait_for), with a deadline instead of a timeout (`None`: no
+    /// limit). A deadline in the past still checks the ring once.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use bpf_ringbuf::{RingBuf, WaitOutcome};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let mut ring = RingBuf::from_map_id(42)?;
+    /// let deadline = Instant::now() + Duration::from_secs(1);
+    /// let mut records = 0;
+    /// while ring.wait_deadline(Some(deadline))? == WaitOutcome::Ready {
+    ///     records += ring.batch().iter().count();
+    /// }
+    /// println!("{records} records in one second");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `epoll_wait` fails.
+    pub fn wait_deadline(&mut self, deadline: Option<Instant>) -> Result<WaitOutcome, Error> {
+        let consumer = &self.consumer;
+        self.waiter.wait_outcome(deadline, || {
+            consumer.check_before_sleep() == Readiness::Readable
+        })
+    }
+
+    /// A handle that wakes this ring's waits from another thread: see [`Flusher`]. Every call
+    /// returns a handle to the same eventfd, created on the first call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the eventfd cannot be created or added to the epoll set.
+    pub fn flusher(&mut self) -> Result<Flusher, Error> {
+        self.waiter.flusher()
+    }
+
+    /// Makes every wait check the ring at least every `interval` even when the kernel sends no
+    /// wakeup (`None`, the default: only wakeups and timeouts end a sleep).
+    ///
+    /// Needed when producers commit with `BPF_RB_NO_WAKEUP`: such records are in the ring, but
+    /// nothing wakes a sleeping reader, so without this they wait until the next record
+    /// committed with a wakeup, or the wait's timeout. Each check is a fence and two loads; the
+    /// count is in [`WaitStats::periodic_checks`].
+    pub fn set_periodic_drain(&mut self, interval: Option<Duration>) {
+        self.waiter.periodic_drain = interval;
     }
 
     /// Waits up to `timeout` for the kernel to signal the map's fd, without looking at the
@@ -161,6 +226,12 @@ impl RingBuf {
     /// Counters of this ring's waits.
     pub fn wait_stats(&self) -> WaitStats {
         self.waiter.stats
+    }
+
+    /// For waits made elsewhere (the async reader) to count in [`RingBuf::wait_stats`].
+    #[cfg(feature = "tokio")]
+    pub(crate) fn waiter_stats_mut(&mut self) -> &mut WaitStats {
+        &mut self.waiter.stats
     }
 
     /// The edge-triggered epoll fd this ring sleeps on; it becomes readable when the kernel
