@@ -17,8 +17,8 @@ use bpf_ringbuf::RingBuf;
 use bpf_ringbuf_testkit::{self as kit, Commit};
 
 const RECORD_LEN: u32 = 64;
-const RUNS: u32 = 400;
-const REPEAT: u32 = 5_000;
+const RUNS: u32 = 100;
+const REPEAT: u32 = 20_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !kit::kernel_available() {
@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn stream() -> Result<(), Box<dyn std::error::Error>> {
-    let map = kit::ringbuf_map(1 << 20);
+    let map = kit::ringbuf_map(8 << 20);
     let sequence = kit::percpu_counter_map();
     let drops = kit::percpu_counter_map();
     let producer = kit::stamped(

@@ -28,7 +28,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemory;
 use crate::sync::atomic::Ordering;
-use crate::sync::{fence_at, ordering, weakened, SyncPoint};
+use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, ordering, weakened, SyncPoint};
 
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
@@ -45,7 +45,8 @@ use crate::sync::{fence_at, ordering, weakened, SyncPoint};
 /// use std::sync::Arc;
 ///
 /// let ring = Arc::new(HeapRing::new(4096)?);
-/// let producer = KernelProducer::new(ring.clone())?;
+/// // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+/// let producer = unsafe { KernelProducer::new(ring.clone()) }?;
 /// producer.output(b"hello", Wakeup::Adaptive).unwrap();
 /// producer.output(b"world", Wakeup::Adaptive).unwrap();
 ///
@@ -106,13 +107,15 @@ enum Step {
     End,
     /// The record there is still reserved.
     Busy,
-    /// A discarded record; the next one starts at the given position.
-    Discarded(usize),
-    /// A committed record: payload at `offset..offset + len`, next record at `next`.
+    /// A discarded record; the next one starts at `next`, `remaining` bytes before the end.
+    Discarded { next: usize, remaining: usize },
+    /// A committed record: payload at `offset..offset + len`, next record at `next`,
+    /// `remaining` bytes before the end.
     Record {
         offset: usize,
         len: usize,
         next: usize,
+        remaining: usize,
     },
     /// The header contradicts the positions.
     Corrupt(ReadError),
@@ -170,7 +173,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
     /// # use bpf_ringbuf::Consumer;
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// producer.output(b"abc", Wakeup::Adaptive).unwrap();
     /// let mut consumer = Consumer::new(ring)?;
     /// consumer.batch().iter().for_each(drop);
@@ -199,11 +203,9 @@ impl<M: RingMemory> Consumer<M> {
             // process, or this one before a reopen), so we continue after what it consumed.
             consumer: self.memory.consumer_pos().load(Ordering::Acquire),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in
-            // __bpf_ringbuf_reserve, making the headers it wrote visible.
-            producer: self
-                .memory
-                .producer_pos()
-                .load(ordering(SyncPoint::ProducerPosLoad, Ordering::Acquire)),
+            // __bpf_ringbuf_reserve, making the headers it wrote visible. (A relaxed load and
+            // an acquire fence: the producer page is mapped read-only.)
+            producer: load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad),
         }
     }
 
@@ -237,46 +239,52 @@ impl<M: RingMemory> Consumer<M> {
         Ok(available)
     }
 
-    /// One step of the read loop at `position`, which is 8-byte aligned and at most one ring
-    /// size behind `end` (the producer position the read started from).
+    /// One step of the read loop at `position`, which is 8-byte aligned and `available`
+    /// bytes (at most one ring size) before `end`, the producer position the read started
+    /// from.
+    ///
+    /// The loops carry `available` down instead of recomputing it from `end`: one
+    /// subtraction then both checks the record's size and gives the next `available`, and
+    /// `end` is needed only to report a corrupt header (docs/benchmarks.md: instructions per
+    /// record).
     #[inline(always)]
-    fn step(&self, position: usize, end: usize) -> Step {
-        let available = distance(position, end);
+    fn step(&self, position: usize, available: usize, end: usize) -> Step {
         if available == 0 {
             return Step::End;
         }
         let offset = self.geometry.offset(position);
+        // SAFETY: `offset = position & mask` is below `size` (the geometry comes from
+        // `memory.size()`, which is constant), and 8-byte aligned: every read starts at a
+        // consumer_pos `validate` found aligned (or, when it was not, at `available == 0`,
+        // which returned above) and moves by record sizes, which are multiples of 8.
+        let header_word = unsafe { self.memory.header_unchecked(offset) };
         // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
-        let header = RecordHeader::from_raw(
-            self.memory
-                .header(offset)
-                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
-        );
+        let header = RecordHeader::from_raw(load_acquire_u32(header_word, SyncPoint::HeaderLoad));
         if header.is_busy() {
             return Step::Busy;
         }
         let record_size = header.record_size();
-        // `available <= size` (checked when the read started, and positions only move
-        // towards `end`), so this one comparison keeps the record inside the ring and before
-        // producer_pos.
-        if record_size > available {
+        // `available <= size` (checked when the read started, and it only shrinks), so this
+        // one check keeps the record inside the ring and before producer_pos.
+        let Some(remaining) = available.checked_sub(record_size) else {
             return Step::Corrupt(ReadError::RecordOutOfBounds {
                 position,
                 header: header.raw(),
                 record_size,
-                available,
+                available: distance(position, end),
             });
-        }
+        };
         let next = position.wrapping_add(record_size);
         if header.is_discarded() {
-            Step::Discarded(next)
+            Step::Discarded { next, remaining }
         } else {
             Step::Record {
                 offset: offset + HEADER_SIZE,
                 len: header.len(),
                 next,
+                remaining,
             }
         }
     }
@@ -304,7 +312,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
     /// # use bpf_ringbuf::Consumer;
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// # for i in 0..3u8 { producer.output(&[i; 4], Wakeup::Adaptive).unwrap(); }
     /// let mut consumer = Consumer::new(ring)?;
     /// let batch = consumer.batch();
@@ -315,15 +324,16 @@ impl<M: RingMemory> Consumer<M> {
     /// ```
     pub fn batch(&mut self) -> Batch<'_, M> {
         let positions = self.positions();
-        let (end, error) = match self.validate(positions) {
-            Ok(_) => (positions.producer, None),
-            Err(error) => (positions.consumer, Some(error)),
+        let (end, available, error) = match self.validate(positions) {
+            Ok(available) => (positions.producer, available, None),
+            Err(error) => (positions.consumer, 0, Some(error)),
         };
         Batch {
             consumer: self,
             start: positions.consumer,
             cursor: Cell::new(positions.consumer),
             end: Cell::new(end),
+            available: Cell::new(available),
             error: Cell::new(error),
             stopped_at_busy: Cell::new(false),
             records: Cell::new(0),
@@ -344,7 +354,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::Consumer;
     /// # use std::ops::ControlFlow;
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// # for i in 0..10u8 { producer.output(&[i], Wakeup::Adaptive).unwrap(); }
     /// let mut consumer = Consumer::new(ring)?;
     /// let mut seen = Vec::new();
@@ -369,8 +380,10 @@ impl<M: RingMemory> Consumer<M> {
         while delivered < budget {
             let batch = self.batch();
             let start = batch.cursor.get();
+            // The iterator counts records in registers and adds them to the batch when dropped.
+            let mut records = batch.iter();
             while delivered < budget {
-                match batch.next_record() {
+                match records.next() {
                     Some(Ok(record)) => {
                         delivered += 1;
                         if f(record).is_break() {
@@ -381,6 +394,7 @@ impl<M: RingMemory> Consumer<M> {
                     None => break,
                 }
             }
+            drop(records);
             // Another round only if this one moved and ended at producer_pos (more may have
             // been committed since); a BUSY head would stop the next one just the same.
             if batch.cursor.get() == start || batch.stopped_at_busy.get() {
@@ -396,23 +410,26 @@ impl<M: RingMemory> Consumer<M> {
         f: impl FnOnce(&[u8]) -> Result<R, ReadError>,
     ) -> Result<Option<R>, ReadError> {
         let positions = self.positions();
-        self.validate(positions)?;
+        let mut available = self.validate(positions)?;
         let mut position = positions.consumer;
         let mut discarded = 0;
         let mut delivered = None;
         let result = loop {
-            match self.step(position, positions.producer) {
+            match self.step(position, available, positions.producer) {
                 Step::End => break Ok(None),
                 Step::Busy => {
                     self.stats.busy_stops += 1;
                     break Ok(None);
                 }
-                Step::Discarded(next) => {
+                Step::Discarded { next, remaining } => {
                     discarded += 1;
                     position = next;
+                    available = remaining;
                 }
                 Step::Corrupt(error) => break Err(error),
-                Step::Record { offset, len, next } => {
+                Step::Record {
+                    offset, len, next, ..
+                } => {
                     // SAFETY: `step` checked `offset + len <= 2 * size` (the record lies
                     // before producer_pos, at most one ring size ahead of an offset below
                     // `size`). The record is committed (BUSY clear, seen with Acquire) and
@@ -451,7 +468,8 @@ impl<M: RingMemory> Consumer<M> {
     /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
     /// # use bpf_ringbuf::{Consumer, ReadError};
     /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # let producer = KernelProducer::new(ring.clone())?;
+    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
     /// # producer.output(b"0123456789", Wakeup::Adaptive).unwrap();
     /// let mut consumer = Consumer::new(ring)?;
     /// let mut small = [0u8; 4];
@@ -538,11 +556,10 @@ impl<M: RingMemory> Consumer<M> {
         }
         let offset = self.geometry.offset(positions.consumer);
         // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
-        let header = RecordHeader::from_raw(
-            self.memory
-                .header(offset)
-                .load(ordering(SyncPoint::HeaderLoad, Ordering::Acquire)),
-        );
+        let header = RecordHeader::from_raw(load_acquire_u32(
+            self.memory.header(offset),
+            SyncPoint::HeaderLoad,
+        ));
         if header.is_busy() {
             Readiness::HeadBusy
         } else {
@@ -597,6 +614,8 @@ pub struct Batch<'c, M: RingMemory> {
     cursor: Cell<usize>,
     /// Where reading stops: `producer_pos` when the batch began, or where corruption was found.
     end: Cell<usize>,
+    /// Bytes from `cursor` to `end`.
+    available: Cell<usize>,
     /// A corrupt `consumer_pos` found when the batch began, reported by the first read.
     error: Cell<Option<ReadError>>,
     /// The last read stopped at a BUSY record.
@@ -616,15 +635,33 @@ impl<'c, M: RingMemory> Batch<'c, M> {
     /// After an error the batch ends: later calls return `None`.
     #[inline]
     pub fn next_record(&self) -> Option<Result<&[u8], ReadError>> {
+        let next = self.advance();
+        if let Some(Ok(record)) = &next {
+            self.records.set(self.records.get() + 1);
+            self.bytes.set(self.bytes.get() + record.len() as u64);
+        }
+        next
+    }
+
+    /// [`next_record`](Self::next_record) without counting the record in the batch's
+    /// statistics: callers count in a local variable (a register in the read loop) and add it
+    /// up once (see [`BatchIter`]).
+    #[inline(always)]
+    fn advance(&self) -> Option<Result<&[u8], ReadError>> {
         let consumer = &*self.consumer;
         let end = self.end.get();
         let mut position = self.cursor.get();
+        let mut available = self.available.get();
         loop {
-            match consumer.step(position, end) {
-                Step::Record { offset, len, next } => {
+            match consumer.step(position, available, end) {
+                Step::Record {
+                    offset,
+                    len,
+                    next,
+                    remaining,
+                } => {
                     self.cursor.set(next);
-                    self.records.set(self.records.get() + 1);
-                    self.bytes.set(self.bytes.get() + len as u64);
+                    self.available.set(remaining);
                     // SAFETY: `step` checked `offset + len <= 2 * size`. The record is
                     // committed (BUSY clear, seen with Acquire), at or after consumer_pos and
                     // before producer_pos, so nobody writes it until consumer_pos moves past
@@ -638,9 +675,11 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                     }
                     return Some(Ok(record));
                 }
-                Step::Discarded(next) => {
+                Step::Discarded { next, remaining } => {
                     position = next;
+                    available = remaining;
                     self.cursor.set(next);
+                    self.available.set(remaining);
                     self.discarded.set(self.discarded.get() + 1);
                 }
                 Step::Busy => {
@@ -650,6 +689,7 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                 Step::End => return self.error.take().map(Err),
                 Step::Corrupt(error) => {
                     self.end.set(position);
+                    self.available.set(0);
                     return Some(Err(error));
                 }
             }
@@ -658,7 +698,11 @@ impl<'c, M: RingMemory> Batch<'c, M> {
 
     /// An iterator over the rest of the batch's records (see [`Batch::next_record`]).
     pub fn iter(&self) -> BatchIter<'_, 'c, M> {
-        BatchIter { batch: self }
+        BatchIter {
+            batch: self,
+            records: 0,
+            bytes: 0,
+        }
     }
 
     /// Bytes consumed so far by this batch (records, discarded records and headers).
@@ -711,8 +755,23 @@ impl<M: RingMemory> core::fmt::Debug for Batch<'_, M> {
 }
 
 /// Iterator over a [`Batch`]'s records; each borrows the batch.
+///
+/// It counts the records it yields in its own fields and adds them to the batch's statistics
+/// when it is dropped, so the count costs a register increment per record.
 pub struct BatchIter<'b, 'c, M: RingMemory> {
     batch: &'b Batch<'c, M>,
+    /// Records yielded, not yet added to the batch's count.
+    records: u64,
+    /// Their payload bytes.
+    bytes: u64,
+}
+
+impl<M: RingMemory> Drop for BatchIter<'_, '_, M> {
+    fn drop(&mut self) {
+        let batch = self.batch;
+        batch.records.set(batch.records.get() + self.records);
+        batch.bytes.set(batch.bytes.get() + self.bytes);
+    }
 }
 
 impl<M: RingMemory> core::fmt::Debug for BatchIter<'_, '_, M> {
@@ -726,7 +785,12 @@ impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        self.batch.next_record()
+        let next = self.batch.advance();
+        if let Some(Ok(record)) = &next {
+            self.records += 1;
+            self.bytes += record.len() as u64;
+        }
+        next
     }
 }
 

@@ -102,6 +102,7 @@ pub mod header;
 pub mod memory;
 #[cfg(feature = "alloc")]
 pub mod model;
+pub mod overwrite;
 pub mod producer;
 #[cfg(not(bpf_ringbuf_loom))]
 pub mod raw;
@@ -124,7 +125,9 @@ pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness, Stats};
 pub use error::{GeometryError, ReadError};
 pub use geometry::Geometry;
 pub use header::RecordHeader;
-pub use memory::{RingMemory, RingMemoryMut};
+pub use memory::{OverwriteMemory, RingMemory, RingMemoryMut};
+pub use overwrite::{OverwriteConsumer, OverwriteStats};
+
 pub use producer::{Producer, Reservation, ReserveError};
 #[cfg(not(bpf_ringbuf_loom))]
 pub use raw::RawRingMemory;

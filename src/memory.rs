@@ -78,6 +78,21 @@ pub unsafe trait RingMemory {
     /// asks for one.
     fn header(&self, offset: usize) -> &AtomicU32;
 
+    /// [`header`](Self::header) at an offset the caller has proven valid, so an
+    /// implementation may skip its own check of it. The default calls `header`.
+    ///
+    /// The consumer's read loop uses this: its offsets are `position & mask` of 8-aligned
+    /// positions, valid by construction, and a second check in `header` costs two
+    /// instructions per record (docs/benchmarks.md).
+    ///
+    /// # Safety
+    ///
+    /// `offset` is 8-byte aligned and below [`size`](Self::size).
+    #[inline]
+    unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+        self.header(offset)
+    }
+
     /// The data area's bytes `offset..offset + len`.
     ///
     /// # Safety
@@ -129,6 +144,11 @@ macro_rules! forward_ring_memory {
                 (**self).header(offset)
             }
             #[inline]
+            unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+                // SAFETY: the caller upholds `header_unchecked`'s contract, which is `T`'s.
+                unsafe { (**self).header_unchecked(offset) }
+            }
+            #[inline]
             unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
                 // SAFETY: the caller upholds `bytes`' contract, which is `T`'s.
                 unsafe { (**self).bytes(offset, len) }
@@ -149,3 +169,48 @@ macro_rules! forward_ring_memory {
 forward_ring_memory!(&T);
 #[cfg(feature = "alloc")]
 forward_ring_memory!(alloc::sync::Arc<T>, alloc::boxed::Box<T>);
+
+/// A ring in overwrite mode (`BPF_F_RB_OVERWRITE`, Linux 6.19+).
+///
+/// In overwrite mode the kernel never refuses a reservation for lack of space: it advances
+/// `overwrite_pos` over the oldest records and reuses their space, even while a reader is
+/// copying them. A reader therefore never borrows record bytes; it copies them word by word
+/// with atomic loads ([`data_word`](Self::data_word)) and then checks
+/// [`overwrite_pos`](Self::overwrite_pos) to learn whether the copy was torn.
+///
+/// # Safety
+///
+/// As for [`RingMemory`], and:
+///
+/// - [`overwrite_pos`](Self::overwrite_pos) returns the ring's `overwrite_pos` word (the third
+///   word of the producer page, at byte 16), always the same one;
+/// - [`data_word`](Self::data_word) returns, for every 4-byte-aligned `offset < 2 * size`, the
+///   32-bit word at that offset of the (double-mapped) data area — the same memory
+///   [`header`](RingMemory::header) and [`bytes`](RingMemory::bytes) cover.
+pub unsafe trait OverwriteMemory: RingMemory {
+    /// The `overwrite_pos` word: every record before it has been (or is being) overwritten.
+    fn overwrite_pos(&self) -> &AtomicUsize;
+
+    /// The 32-bit word at `offset` (4-byte aligned, `< 2 * size`) of the data area.
+    fn data_word(&self, offset: usize) -> &AtomicU32;
+}
+
+macro_rules! forward_overwrite_memory {
+    ($($pointer:ty),*) => {$(
+        // SAFETY: forwards to `T`, which upholds the contract.
+        unsafe impl<T: OverwriteMemory + ?Sized> OverwriteMemory for $pointer {
+            #[inline]
+            fn overwrite_pos(&self) -> &AtomicUsize {
+                (**self).overwrite_pos()
+            }
+            #[inline]
+            fn data_word(&self, offset: usize) -> &AtomicU32 {
+                (**self).data_word(offset)
+            }
+        }
+    )*};
+}
+
+forward_overwrite_memory!(&T);
+#[cfg(feature = "alloc")]
+forward_overwrite_memory!(alloc::sync::Arc<T>, alloc::boxed::Box<T>);

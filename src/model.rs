@@ -15,7 +15,7 @@ use core::ops::ControlFlow;
 use crate::error::GeometryError;
 use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
-use crate::memory::{RingMemory, RingMemoryMut};
+use crate::memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 // `AtomicU32` is used only by `HeapRing`, which loom builds leave out.
 #[cfg_attr(bpf_ringbuf_loom, allow(unused_imports))]
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -39,6 +39,8 @@ mod heap {
     pub struct HeapRing {
         consumer_pos: AtomicUsize,
         producer_pos: AtomicUsize,
+        /// `overwrite_pos`, used only by rings in overwrite mode.
+        overwrite_pos: AtomicUsize,
         /// `2 * size` bytes, 8-byte aligned, zeroed at creation; accessed through atomics
         /// (headers) and through slices the protocol hands out one owner at a time.
         data: NonNull<u8>,
@@ -80,6 +82,7 @@ mod heap {
             Ok(Self {
                 consumer_pos: AtomicUsize::new(position),
                 producer_pos: AtomicUsize::new(position),
+                overwrite_pos: AtomicUsize::new(position),
                 data,
                 size: geometry.size(),
             })
@@ -171,6 +174,23 @@ mod heap {
         }
     }
 
+    // SAFETY: `overwrite_pos` is a field; `data_word` addresses the same allocation as
+    // `header` and `bytes`, and panics instead of reaching outside it.
+    unsafe impl OverwriteMemory for HeapRing {
+        #[inline]
+        fn overwrite_pos(&self) -> &AtomicUsize {
+            &self.overwrite_pos
+        }
+
+        #[inline]
+        fn data_word(&self, offset: usize) -> &AtomicU32 {
+            assert!(offset % 4 == 0, "misaligned data word offset {offset}");
+            self.check(offset, 4);
+            // SAFETY: in bounds (checked), 4-byte aligned; the memory lives as long as `&self`.
+            unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+        }
+    }
+
     // SAFETY: as for `RingMemory`; `bytes_mut` addresses the same bytes as `bytes`.
     unsafe impl RingMemoryMut for HeapRing {
         #[inline]
@@ -181,6 +201,11 @@ mod heap {
             unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr().add(offset), len) }
         }
     }
+}
+
+/// `a` is strictly before `b` (positions compared across the wrap).
+fn is_before(a: usize, b: usize) -> bool {
+    (b.wrapping_sub(a) as isize) > 0
 }
 
 /// How a commit asks the kernel to notify the consumer (`BPF_RB_*` flags of
@@ -236,15 +261,35 @@ pub struct KernelProducer<M: RingMemoryMut> {
     pending_pos: AtomicUsize,
     /// Number of wakeups the model decided on (`irq_work_queue` calls).
     wakeups: AtomicUsize,
+    /// Overwrite mode (`BPF_F_RB_OVERWRITE`): how to reach `overwrite_pos` in the memory.
+    overwrite_pos: Option<fn(&M) -> &AtomicUsize>,
 }
 
 impl<M: RingMemoryMut> KernelProducer<M> {
     /// A producer for the ring in `memory`, continuing from its current `producer_pos`.
     ///
+    /// # Safety
+    ///
+    /// The model writes record payloads through `&mut [u8]` slices of the data area, trusting
+    /// the ring's consumer as the kernel does. For as long as it lives:
+    ///
+    /// - it is the only writer of this ring's data area, headers and `producer_pos` (several
+    ///   threads may share this one producer);
+    /// - `consumer_pos` only moves past records their reader is done with: one [`Consumer`]
+    ///   (or [`OverwriteConsumer`]) reads the ring, and nothing else moves `consumer_pos` ahead
+    ///   while that reader holds records lent by a [`Batch`].
+    ///
+    /// Tests that write a hostile `consumer_pos` keep to this by not producing while a batch
+    /// is held.
+    ///
+    /// [`Consumer`]: crate::Consumer
+    /// [`OverwriteConsumer`]: crate::OverwriteConsumer
+    /// [`Batch`]: crate::Batch
+    ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
         let pending = memory.producer_pos().load(Ordering::Relaxed);
         Ok(Self {
@@ -253,12 +298,18 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             lock: AtomicBool::new(false),
             pending_pos: AtomicUsize::new(pending),
             wakeups: AtomicUsize::new(0),
+            overwrite_pos: None,
         })
     }
 
     /// The memory this producer writes.
     pub fn memory(&self) -> &M {
         &self.memory
+    }
+
+    /// Whether this producer overwrites the oldest records when the ring is full.
+    pub fn is_overwrite(&self) -> bool {
+        self.overwrite_pos.is_some()
     }
 
     /// How many times a commit decided to wake the consumer.
@@ -291,7 +342,9 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         let mut pending_pos = self.pending_pos.load(Ordering::Relaxed);
         // (A loom negative control leaves this walk, and the check it feeds, out.)
         let guard_pending = !weakened(SyncPoint::KernelPendingPos);
-        while guard_pending && pending_pos != producer_pos {
+        // `pend_pos < prod_pos` in the kernel; compared across the wrap here, so that a corrupt
+        // header that jumps past producer_pos ends the walk instead of running around the ring.
+        while guard_pending && is_before(pending_pos, producer_pos) {
             let offset = self.geometry.offset(pending_pos);
             // Relaxed: READ_ONCE(hdr->len) in __bpf_ringbuf_reserve; only decides whether
             // the space may be reused, never reads the payload.
@@ -304,11 +357,30 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         self.pending_pos.store(pending_pos, Ordering::Relaxed);
         let new_producer_pos = producer_pos.wrapping_add(size);
         let mask = self.geometry.mask();
-        let reservation = if distance(consumer_pos, new_producer_pos) > mask
-            || (guard_pending && distance(pending_pos, new_producer_pos) > mask)
+        // bpf_ringbuf_has_space: the reserved-but-uncommitted span must fit; outside overwrite
+        // mode, so must everything the consumer has not read.
+        let reservation = if (guard_pending && distance(pending_pos, new_producer_pos) > mask)
+            || (self.overwrite_pos.is_none() && distance(consumer_pos, new_producer_pos) > mask)
         {
             None
         } else {
+            if let Some(overwrite_pos) = self.overwrite_pos {
+                // Overwrite mode: move overwrite_pos forward over whole records until the new
+                // one fits. They are all committed (pending_pos is past them, checked above).
+                let overwrite_pos = overwrite_pos(&self.memory);
+                let mut position = overwrite_pos.load(Ordering::Relaxed);
+                while distance(position, new_producer_pos) > mask
+                    && is_before(position, new_producer_pos)
+                {
+                    let offset = self.geometry.offset(position);
+                    let header =
+                        RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Relaxed));
+                    position = position.wrapping_add(header.record_size());
+                }
+                // WRITE_ONCE(rb->overwrite_pos): ordered before readers see the reservation by
+                // the store-release of producer_pos below, and before the new record's bytes.
+                overwrite_pos.store(position, Ordering::Relaxed);
+            }
             let offset = self.geometry.offset(producer_pos);
             // The payload length fits in 30 bits: checked against MAX_RECORD_LEN above.
             let header = RecordHeader::busy(len as u32);
@@ -349,6 +421,25 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         self.commit(reservation, wakeup, true)
     }
 
+    /// `bpf_ringbuf_output` for a ring whose readers may race with the writer (overwrite
+    /// mode): copies `data` into the record with atomic word stores instead of through a
+    /// `&mut [u8]`, so a concurrent copy-then-validate reader is no data race.
+    pub fn output_atomic(&self, data: &[u8], wakeup: Wakeup) -> Option<bool>
+    where
+        M: OverwriteMemory,
+    {
+        let reservation = self.reserve(data.len())?;
+        let start = self.geometry.offset(reservation.position) + HEADER_SIZE;
+        for (index, chunk) in data.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.memory
+                .data_word(start + 4 * index)
+                .store(u32::from_ne_bytes(word), Ordering::Relaxed);
+        }
+        Some(self.submit(reservation, wakeup))
+    }
+
     /// `bpf_ringbuf_output`: reserve, copy, submit. `None` when the ring has no room.
     pub fn output(&self, data: &[u8], wakeup: Wakeup) -> Option<bool> {
         let mut reservation = self.reserve(data.len())?;
@@ -385,6 +476,29 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
         wake
+    }
+}
+
+impl<M: RingMemoryMut + OverwriteMemory> KernelProducer<M> {
+    /// A producer for a ring in overwrite mode (`BPF_F_RB_OVERWRITE`, Linux 6.19+): when the
+    /// ring is full, reservations advance `overwrite_pos` over the oldest committed records
+    /// instead of failing; they fail only while uncommitted records fill the ring.
+    ///
+    /// # Safety
+    ///
+    /// As for [`KernelProducer::new`], and: readers of an overwrite-mode ring copy records
+    /// while the producer may overwrite them, so while a reader may be running, payloads are
+    /// written only with [`KernelProducer::output_atomic`] (never through
+    /// [`KernelProducer::payload`] or [`KernelProducer::output`]).
+    ///
+    /// # Errors
+    ///
+    /// [`GeometryError`] if `memory.size()` is not a valid ring size.
+    pub unsafe fn new_overwrite(memory: M) -> Result<Self, GeometryError> {
+        // SAFETY: the caller upholds `new`'s contract, which this one includes.
+        let mut producer = unsafe { Self::new(memory)? };
+        producer.overwrite_pos = Some(|memory: &M| memory.overwrite_pos());
+        Ok(producer)
     }
 }
 

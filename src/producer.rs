@@ -34,7 +34,8 @@
 //! use std::sync::Arc;
 //!
 //! let ring = Arc::new(HeapRing::new(4096)?);
-//! let producer = Producer::new(ring.clone())?;
+//! // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+//! let producer = unsafe { Producer::new(ring.clone()) }?;
 //! let mut first = producer.reserve(5)?;
 //! let second = producer.reserve(3)?;
 //! first.copy_from_slice(b"hello");
@@ -64,7 +65,7 @@ use crate::geometry::{distance, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemoryMut;
 use crate::sync::atomic::{fence, Ordering};
-use crate::sync::{ordering, SyncPoint};
+use crate::sync::{load_acquire_usize, ordering, SyncPoint};
 
 /// The largest sample payload `bpf_user_ringbuf_drain` accepts: a dynptr's size field is 24
 /// bits (`DYNPTR_MAX_SIZE`, checked by `bpf_dynptr_check_size`). A larger header makes the
@@ -174,10 +175,27 @@ pub struct Producer<M: RingMemoryMut> {
 impl<M: RingMemoryMut> Producer<M> {
     /// A producer for the ring in `memory`, continuing from its current `producer_pos`.
     ///
+    /// [`UserRingBuf`](crate::UserRingBuf) makes one for you, safely; this constructor is for
+    /// memory you bring yourself.
+    ///
+    /// # Safety
+    ///
+    /// A `Producer` hands out `&mut [u8]` slices of the data area. For as long as it lives:
+    ///
+    /// - it is the only writer of this ring's data area and `producer_pos` in this process
+    ///   (no second `Producer`, [`KernelProducer`](crate::model::KernelProducer), or other
+    ///   writer over the same memory);
+    /// - whoever reads the ring (the kernel's `bpf_user_ringbuf_drain`, or a model of it) moves
+    ///   `consumer_pos` only past samples it has finished reading, so the space it hands back
+    ///   is no longer read.
+    ///
+    /// A second writer is detected at the next reservation
+    /// ([`ReserveError::ProducerPosMoved`]), but slices handed out before that may overlap.
+    ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
         // Acquire: pairs with the store-release of a previous producer of this ring, whose
         // headers we may overwrite once the kernel has consumed them.
@@ -204,7 +222,8 @@ impl<M: RingMemoryMut> Producer<M> {
     ///
     /// ```
     /// # use bpf_ringbuf::{model::HeapRing, Producer};
-    /// let producer = Producer::new(HeapRing::new(4096)?)?;
+    /// // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+    /// let producer = unsafe { Producer::new(HeapRing::new(4096)?) }?;
     /// assert_eq!(producer.max_len(), 4088);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -218,7 +237,11 @@ impl<M: RingMemoryMut> Producer<M> {
         Positions {
             // Acquire: pairs with the smp_store_release() of consumer_pos in
             // __bpf_user_ringbuf_sample_release / __bpf_user_ringbuf_peek.
-            consumer: self.memory.consumer_pos().load(Ordering::Acquire),
+            // (A relaxed load and an acquire fence: the consumer page is mapped read-only.)
+            consumer: load_acquire_usize(
+                self.memory.consumer_pos(),
+                SyncPoint::UserConsumerPosLoad,
+            ),
             producer: self.producer_pos.get(),
         }
     }
@@ -251,10 +274,9 @@ impl<M: RingMemoryMut> Producer<M> {
         // Acquire: pairs with the smp_store_release() of consumer_pos in
         // __bpf_user_ringbuf_sample_release (and in __bpf_user_ringbuf_peek for discarded
         // samples): the kernel has finished reading the space it hands back.
-        let consumer_pos = self
-            .memory
-            .consumer_pos()
-            .load(ordering(SyncPoint::UserConsumerPosLoad, Ordering::Acquire));
+        // (A relaxed load and an acquire fence: the consumer page is mapped read-only.)
+        let consumer_pos =
+            load_acquire_usize(self.memory.consumer_pos(), SyncPoint::UserConsumerPosLoad);
         let used = distance(consumer_pos, producer_pos);
         if used > self.geometry.size() || consumer_pos % 8 != 0 || producer_pos % 8 != 0 {
             return Err(ReserveError::CorruptPositions {
@@ -272,7 +294,8 @@ impl<M: RingMemoryMut> Producer<M> {
     ///
     /// ```
     /// # use bpf_ringbuf::{model::HeapRing, Producer, ReserveError};
-    /// let producer = Producer::new(HeapRing::new(64)?)?;
+    /// // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+    /// let producer = unsafe { Producer::new(HeapRing::new(64)?) }?;
     /// assert_eq!(
     ///     producer.reserve(57).unwrap_err(),
     ///     ReserveError::TooLarge { len: 57, max_len: 56 }

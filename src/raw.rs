@@ -42,7 +42,8 @@ use crate::sync::atomic::{AtomicU32, AtomicUsize};
 ///         4096,
 ///     )
 /// }?;
-/// let producer = KernelProducer::new(&memory)?;
+/// // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+/// let producer = unsafe { KernelProducer::new(&memory) }?;
 /// producer.output(b"borrowed", Wakeup::Adaptive).unwrap();
 /// let mut consumer = Consumer::new(&memory)?;
 /// assert_eq!(consumer.read_owned()?.as_deref(), Some(&b"borrowed"[..]));

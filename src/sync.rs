@@ -18,6 +18,29 @@ pub mod atomic {
 }
 
 /// Hint used inside spin loops (only the model of the kernel's ring lock spins).
+/// An acquire load that is sound on memory mapped read-only.
+///
+/// Rust promises only that small *Relaxed* atomic loads work on read-only pages (see "Atomic
+/// accesses to read-only memory" in `core::sync::atomic`), and the rings put words we load
+/// with acquire semantics on such pages: a RINGBUF's producer page and data, a USER_RINGBUF's
+/// consumer page. A relaxed load followed by an acquire fence orders every later access just
+/// as an acquire load does (on x86 both are a plain `mov`). A loom negative control at `point`
+/// drops the fence.
+#[inline(always)]
+pub(crate) fn load_acquire_usize(word: &atomic::AtomicUsize, point: SyncPoint) -> usize {
+    let value = word.load(atomic::Ordering::Relaxed);
+    fence_at(point, atomic::Ordering::Acquire);
+    value
+}
+
+/// [`load_acquire_usize`] for a 32-bit word (record headers).
+#[inline(always)]
+pub(crate) fn load_acquire_u32(word: &atomic::AtomicU32, point: SyncPoint) -> u32 {
+    let value = word.load(atomic::Ordering::Relaxed);
+    fence_at(point, atomic::Ordering::Acquire);
+    value
+}
+
 #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 #[inline]
 pub(crate) fn spin_loop() {

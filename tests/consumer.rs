@@ -15,7 +15,8 @@ fn ring(
     Consumer<Arc<HeapRing>>,
 ) {
     let ring = Arc::new(HeapRing::new(size).unwrap());
-    let producer = KernelProducer::new(ring.clone()).unwrap();
+    // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    let producer = unsafe { KernelProducer::new(ring.clone()) }.unwrap();
     let consumer = Consumer::new(ring.clone()).unwrap();
     (ring, producer, consumer)
 }
@@ -142,7 +143,8 @@ fn records_that_wrap_are_read_contiguously() {
 fn positions_wrap_around_usize_max() {
     let start = (usize::MAX - 100) & !7;
     let ring = Arc::new(HeapRing::starting_at(256, start).unwrap());
-    let producer = KernelProducer::new(ring.clone()).unwrap();
+    // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    let producer = unsafe { KernelProducer::new(ring.clone()) }.unwrap();
     let mut consumer = Consumer::new(ring.clone()).unwrap();
     let mut expected = 0u32;
     for round in 0..50u32 {
@@ -480,7 +482,8 @@ fn random_operations_match_a_queue_oracle() {
             usize::MAX - 8 * rng.below(64) - 7
         };
         let ring = Arc::new(HeapRing::starting_at(size, start & !7).unwrap());
-        let producer = KernelProducer::new(ring.clone()).unwrap();
+        // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+        let producer = unsafe { KernelProducer::new(ring.clone()) }.unwrap();
         let mut consumer = Consumer::new(ring.clone()).unwrap();
         // Outstanding reservations with the payload they will get, in reservation order.
         let mut outstanding: Vec<(bpf_ringbuf::model::Reservation, Vec<u8>, bool)> = Vec::new();
@@ -555,7 +558,8 @@ fn random_operations_match_a_queue_oracle() {
 #[test]
 fn two_producer_threads_lose_nothing_and_keep_each_order() {
     let ring = Arc::new(HeapRing::new(4096).unwrap());
-    let producer = Arc::new(KernelProducer::new(ring.clone()).unwrap());
+    // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
+    let producer = Arc::new(unsafe { KernelProducer::new(ring.clone()) }.unwrap());
     let mut consumer = Consumer::new(ring.clone()).unwrap();
     const PER_THREAD: u32 = 20_000;
     let threads: Vec<_> = (0..2u32)

@@ -49,6 +49,13 @@ pub enum Error {
         /// The map's id.
         map_id: u32,
     },
+    /// The map's overwrite mode (`BPF_F_RB_OVERWRITE`) is not the one this reader handles:
+    /// overwrite-mode rings are read with [`OverwriteRingBuf`](crate::OverwriteRingBuf)
+    /// (copy, then validate), others with [`RingBuf`](crate::RingBuf) (zero-copy).
+    OverwriteMode {
+        /// Whether the map was created with `BPF_F_RB_OVERWRITE`.
+        map_overwrites: bool,
+    },
     /// The running kernel lacks a feature: a ring map type or a creation flag (see
     /// [`probe`](crate::probe)).
     Unsupported {
@@ -75,6 +82,19 @@ impl fmt::Display for Error {
             } => write!(f, "ring {}: {error}", ring.get()),
             Self::Read { ring: None, error } => error.fmt(f),
             Self::Reserve(error) => error.fmt(f),
+            Self::OverwriteMode {
+                map_overwrites: true,
+            } => write!(
+                f,
+                "map was created with BPF_F_RB_OVERWRITE: the kernel may overwrite records while \
+                 they are read, so zero-copy reads are refused; read it with OverwriteRingBuf"
+            ),
+            Self::OverwriteMode {
+                map_overwrites: false,
+            } => write!(
+                f,
+                "map was not created with BPF_F_RB_OVERWRITE: read it with RingBuf"
+            ),
             Self::ProducerExists { map_id } => write!(
                 f,
                 "this process already has a producer for USER_RINGBUF map {map_id}"
@@ -102,9 +122,10 @@ impl std::error::Error for Error {
             Self::Io(error) => Some(error),
             Self::Read { error, .. } => Some(error),
             Self::Reserve(error) => Some(error),
-            Self::WrongMapType { .. } | Self::ProducerExists { .. } | Self::Unsupported { .. } => {
-                None
-            }
+            Self::WrongMapType { .. }
+            | Self::ProducerExists { .. }
+            | Self::OverwriteMode { .. }
+            | Self::Unsupported { .. } => None,
         }
     }
 }

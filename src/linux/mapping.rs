@@ -6,7 +6,7 @@ use rustix::mm::ProtFlags;
 
 use crate::error::GeometryError;
 use crate::geometry::Geometry;
-use crate::memory::{RingMemory, RingMemoryMut};
+use crate::memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 use crate::sync::atomic::{AtomicU32, AtomicUsize};
 use crate::Error;
 
@@ -148,9 +148,22 @@ unsafe impl RingMemory for RingMapping {
 
     #[inline]
     fn header(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset < self.geometry.size() && offset % 4 == 0);
-        // SAFETY: `offset < size` (checked) lies inside the data area, 4-byte aligned (the
-        // data area is page-aligned); the mapping lives as long as `self`.
+        // Masked rather than asserted: for every offset the core asks for (8-aligned, below
+        // `size`) this is the identity, and any other offset still lands on an aligned word
+        // inside the data area, which the trait allows. It takes two compare-and-branch
+        // pairs out of the consumer's read loop (docs/benchmarks.md: instructions per record).
+        let offset = offset & self.geometry.mask() & !3;
+        // SAFETY: `offset <= mask < size` lies inside the data area, 4-byte aligned (low bits
+        // cleared; the data area is page-aligned); the mapping lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+    }
+
+    #[inline]
+    unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset < self.geometry.size() && offset % 8 == 0);
+        // SAFETY: the caller guarantees `offset < size` and 8-byte alignment: an aligned
+        // word inside the data area (which is page-aligned); the mapping lives as long as
+        // `self`.
         unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
     }
 
@@ -178,6 +191,25 @@ unsafe impl RingMemoryMut for RingMapping {
         // data area (mapped writable for USER_RINGBUF), and exclusive access while the slice
         // lives.
         unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr().add(offset), len) }
+    }
+}
+
+// SAFETY: `overwrite_pos` is the producer page's third word (byte 16, Linux 6.19's layout:
+// producer_pos, pending_pos, overwrite_pos); on older kernels it is a word of the zeroed
+// producer page that stays 0. `data_word` addresses the double-mapped data area, which spans
+// `2 * size` bytes; offsets past it are refused with a panic.
+unsafe impl OverwriteMemory for RingMapping {
+    #[inline]
+    fn overwrite_pos(&self) -> &AtomicUsize {
+        self.producer_page_word(16)
+    }
+
+    #[inline]
+    fn data_word(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= 2 * self.geometry.size());
+        // SAFETY: in bounds of the double-mapped data area (checked) and 4-byte aligned; the
+        // mapping lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
     }
 }
 

@@ -75,6 +75,12 @@ impl RingBuf {
                 found: info.map_type(),
             });
         }
+        if info.flags().contains(sys::MapFlags::RB_OVERWRITE) {
+            // Zero-copy batches would lend records the kernel may overwrite while borrowed.
+            return Err(Error::OverwriteMode {
+                map_overwrites: true,
+            });
+        }
         let mapping = RingMapping::new(
             map.as_fd(),
             info.max_entries as usize,

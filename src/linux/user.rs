@@ -117,7 +117,12 @@ impl UserRingBuf {
             info.max_entries as usize,
             MapKind::UserProducer,
         )?;
-        let producer = Producer::new(mapping).map_err(Error::Geometry)?;
+        // SAFETY: `claim` makes this the only producer of the map in this process for as long
+        // as it lives (it is kept with the producer); the reader is the kernel's
+        // bpf_user_ringbuf_drain, which moves consumer_pos only past samples it has finished.
+        // Another process mapping the same map writable is outside what any mapping can rule
+        // out (docs/design.md).
+        let producer = unsafe { Producer::new(mapping) }.map_err(Error::Geometry)?;
         let waiter = Waiter::new(map.as_fd(), epoll::EventFlags::OUT)?;
         Ok(Self {
             producer,

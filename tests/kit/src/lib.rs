@@ -399,6 +399,53 @@ pub fn stamped(
     }
 }
 
+/// `BPF_F_XDP_HAS_FRAGS`: the program handles multi-buffer packets, so `BPF_PROG_TEST_RUN`
+/// accepts test packets longer than one page's linear area (the rest goes into fragments).
+pub const XDP_HAS_FRAGS: u32 = 1 << 5;
+
+/// The plainest copying producer: each run reserves `len` bytes, fills them from the test
+/// packet with `bpf_xdp_load_bytes` (fragments included: the program is loaded with
+/// [`XDP_HAS_FRAGS`], so `len` may exceed the ~3.5 KiB linear limit of XDP test packets) and
+/// submits with `flags`. Returns `XDP_DROP` (so [`Producer::run`] panics) if a reservation or
+/// the copy fails. Record `i` of every run carries [`packet_bytes`]`(len)`.
+pub fn reserve_load_submit(ring: BorrowedFd<'_>, len: u32, flags: u64) -> Producer {
+    let mut p = Program::new();
+    p.push(insn::mov64_reg(R6, R1))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, len as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::mov64_reg(R3, R7))
+        .push(insn::mov64_imm(R4, len as i32))
+        .push(insn::call_helper(helper::XDP_LOAD_BYTES))
+        .push(insn::mov64_reg(R8, R0))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, flags as i32))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .jmp_imm_label(JmpOp::JNE, R8, 0, "fail")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit());
+    let insns = p.build().expect("assemble program");
+    let mut load = ProgLoad::new(ProgType::XDP, &insns, GPL);
+    load.prog_flags = XDP_HAS_FRAGS;
+    Producer {
+        fd: prog_load(&load).expect("load reserve_load_submit producer"),
+        packet: packet(len as usize),
+    }
+}
+
+/// The test packet the kit's copying producers read from: at least 64 bytes, `len` if longer.
+pub fn packet_bytes(len: usize) -> Vec<u8> {
+    packet(len)
+}
+
 /// The bytes a [`stamped`] record of `len` bytes carries after its stamp.
 pub fn stamped_tail(len: usize) -> Vec<u8> {
     packet(len)[..len - STAMP_LEN].to_vec()
@@ -1095,5 +1142,149 @@ impl Drop for PrivateBpffs {
         // Detach even if a pin is still open elsewhere; the pins go with the instance.
         let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overwrite mode (BPF_F_RB_OVERWRITE, Linux 6.19+).
+
+/// A producer that reserves `len` bytes (a multiple of 8), increments a per-CPU sequence
+/// counter (element 0 of `sequence`, a [`percpu_counter_map`]) and writes the new sequence
+/// number into every 8-byte word of the record before submitting it: a record copied while
+/// being overwritten mixes two numbers, so a torn copy is easy to see. A failed reservation
+/// returns `XDP_DROP`.
+pub fn sequence_filled(ring: BorrowedFd<'_>, sequence: BorrowedFd<'_>, len: u32) -> Producer {
+    assert!(len >= 8 && len % 8 == 0);
+    let mut p = Program::new();
+    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
+        .extend(insn::ld_map_fd(R1, sequence))
+        .push(insn::mov64_reg(R2, R10))
+        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
+        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::mov64_reg(R9, R0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, len as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "dropped")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::ldx_mem(MemSize::DW, R8, R9, 0))
+        .push(insn::alu64_imm(AluOp::ADD, R8, 1))
+        .push(insn::stx_mem(MemSize::DW, R9, R8, 0));
+    for offset in (0..len).step_by(8) {
+        p.push(insn::stx_mem(MemSize::DW, R7, R8, offset as i16));
+    }
+    p.push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("dropped")
+        .push(insn::mov64_imm(R0, 1))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    Producer {
+        fd: load_xdp(&p, None).expect("load sequence-filled producer"),
+        packet: packet(64),
+    }
+}
+
+/// The reservations of an [`overwrite_selftest`] run that did not behave as the selftest
+/// expects (1, 2, 4 and 5 granted; 3 refused): an empty list when all did.
+pub fn overwrite_selftest_failures(retval: u32) -> Vec<u32> {
+    (0..5)
+        .filter(|bit| retval & (1 << (bit + 4)) != 0)
+        .map(|bit| bit + 1)
+        .collect()
+}
+
+/// The BPF side of the kernel selftest `ringbuf_overwrite_mode` (progs/test_ringbuf_overwrite.c)
+/// for a one-page ring: reserve `len1` and `len2`, try `len3` (expected to fail: uncommitted
+/// records fill the ring), reserve `len4`, submit 1, 2 and 4, then reserve `len3` again — which
+/// overwrites record 1 — fill it with 0xdd and submit it. Records 1, 2 and 4 get their first 8
+/// bytes set to 0xaa, 0xbb and 0xcc. Returns `XDP_PASS`, with bit `4 + n - 1` set when
+/// reservation `n` did not behave as expected (see [`overwrite_selftest_failures`]).
+pub fn overwrite_selftest(ring: BorrowedFd<'_>, lens: [u32; 4]) -> Producer {
+    let [len1, len2, len3, len4] = lens;
+    let mut p = Program::new();
+    let reserve = |p: &mut Program, len: u32, into: bpf_ringbuf_sys::insn::Reg, fail: &str| {
+        p.extend(insn::ld_map_fd(R1, ring))
+            .push(insn::mov64_imm(R2, len as i32))
+            .push(insn::mov64_imm(R3, 0))
+            .push(insn::call_helper(helper::RINGBUF_RESERVE))
+            .jmp_imm_label(JmpOp::JEQ, R0, 0, fail)
+            .push(insn::mov64_reg(into, R0));
+    };
+    let fill8 = |p: &mut Program, reg: bpf_ringbuf_sys::insn::Reg, byte: u8| {
+        p.extend(insn::ld_imm64(R1, u64::from_ne_bytes([byte; 8])))
+            .push(insn::stx_mem(MemSize::DW, reg, R1, 0));
+    };
+    reserve(&mut p, len1, R6, "fail1");
+    fill8(&mut p, R6, 0xaa);
+    reserve(&mut p, len2, R7, "fail2");
+    fill8(&mut p, R7, 0xbb);
+    // Record 3 must fail; if it does not, discard everything and report it.
+    p.extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, len3 as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "third_refused")
+        .push(insn::mov64_reg(R1, R0))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 6))
+        .push(insn::exit())
+        .label("third_refused");
+    reserve(&mut p, len4, R8, "fail4");
+    fill8(&mut p, R8, 0xcc);
+    for reg in [R6, R7, R8] {
+        p.push(insn::mov64_reg(R1, reg))
+            .push(insn::mov64_imm(R2, 0))
+            .push(insn::call_helper(helper::RINGBUF_SUBMIT));
+    }
+    reserve(&mut p, len3, R6, "fail5");
+    p.extend(insn::ld_imm64(R1, u64::from_ne_bytes([0xdd; 8])));
+    for offset in (0..len3).step_by(8) {
+        p.push(insn::stx_mem(MemSize::DW, R6, R1, offset as i16));
+    }
+    p.push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        // Failures past the first reservation discard what they hold (the verifier insists).
+        .label("fail1")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 4))
+        .push(insn::exit())
+        .label("fail2")
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 5))
+        .push(insn::exit())
+        .label("fail4")
+        .push(insn::mov64_reg(R1, R6))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, 0))
+        .push(insn::call_helper(helper::RINGBUF_DISCARD))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 7))
+        .push(insn::exit())
+        .label("fail5")
+        .push(insn::mov64_imm(R0, XDP_PASS as i32 | 1 << 8))
+        .push(insn::exit());
+    Producer {
+        fd: load_xdp(&p, None).expect("load overwrite selftest program"),
+        packet: packet(64),
     }
 }
