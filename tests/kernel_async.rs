@@ -11,7 +11,7 @@ use std::time::Duration;
 use bpf_ringbuf::{
     AsyncRingBuf, AsyncSpaceWaiter, DropCounter, RingBuf, UserRingBuf, UserRingSpace,
 };
-use bpf_ringbuf_testkit::{self as kit, require_kernel, Commit};
+use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, Commit};
 
 /// A stamped producer into `map`, with its own sequence and drop counters.
 struct Stamped {
@@ -196,6 +196,7 @@ async fn a_cancelled_wait_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn space_waiter_wakes_when_the_kernel_drains_a_full_user_ring() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let ring = UserRingBuf::new(&map).unwrap();

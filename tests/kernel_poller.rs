@@ -14,7 +14,7 @@ use bpf_ringbuf::{
     DropCounter, PollOutcome, Poller, ReserveError, RingBuf, RingId, SpaceWaiter, UserRingBuf,
     UserRingSpace, WaitOutcome,
 };
-use bpf_ringbuf_testkit::{self as kit, require_kernel, Commit};
+use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, Commit};
 
 /// A ring map with a stamped producer writing `len`-byte records into it.
 struct StampedRing {
@@ -547,6 +547,7 @@ fn fill(ring: &UserRingBuf) -> usize {
 #[test]
 fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     kit::pin_to_cpu(0);
     let map = kit::user_ringbuf_map(4096);
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
@@ -624,6 +625,7 @@ impl SpaceWaiter for Wrong {
 #[test]
 fn a_length_that_never_fits_is_reported_writable_so_reserve_can_say_why() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
     let space = UserRingSpace::new(UserRingBuf::new(&map).unwrap(), 1 << 20);
     assert!(space.has_space());

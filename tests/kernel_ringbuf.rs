@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::sys::{map_info, obj_pin, MapType, Mapping};
 use bpf_ringbuf::{Error, ReadError, Readiness, RingBuf};
-use bpf_ringbuf_testkit::{self as kit, require_kernel, Commit, SamplerWord};
+use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, Commit, SamplerWord};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
@@ -1155,6 +1155,7 @@ fn map_id_reopened_mid_stream_continues_where_the_reader_stopped() {
 #[test]
 fn wrong_map_types_are_refused() {
     require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
     let array = kit::array_map(8);
     let user_ring = kit::user_ringbuf_map(page());
     let percpu = kit::percpu_counter_map();
