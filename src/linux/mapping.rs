@@ -10,6 +10,21 @@ use crate::memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 use crate::sync::atomic::{AtomicU32, AtomicUsize};
 use crate::Error;
 
+/// The map's `BPF_OBJ_GET_INFO_BY_FD` record, if the map is of type `expected`.
+pub(crate) fn map_info_of_type(
+    map: BorrowedFd<'_>,
+    expected: bpf_ringbuf_sys::MapType,
+) -> Result<bpf_ringbuf_sys::MapInfo, Error> {
+    let info = bpf_ringbuf_sys::map_info(map)?;
+    if info.map_type() != expected {
+        return Err(Error::WrongMapType {
+            expected,
+            found: info.map_type(),
+        });
+    }
+    Ok(info)
+}
+
 /// Which side of the ring this process is on; it decides the page permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bpf_ringbuf_sys::{self as sys, MapFlags, MapType};
 use rustix::event::epoll;
 
-use super::mapping::{MapKind, RingMapping};
+use super::mapping::{map_info_of_type, MapKind, RingMapping};
 use super::wait::{WaitStats, Waiter};
 use crate::overwrite::OverwriteConsumer;
 use crate::Error;
@@ -63,13 +63,7 @@ impl OverwriteRingBuf {
     ///
     /// As for [`OverwriteRingBuf::new`].
     pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
-        let info = sys::map_info(map.as_fd())?;
-        if info.map_type() != MapType::RINGBUF {
-            return Err(Error::WrongMapType {
-                expected: MapType::RINGBUF,
-                found: info.map_type(),
-            });
-        }
+        let info = map_info_of_type(map.as_fd(), MapType::RINGBUF)?;
         if !info.flags().contains(MapFlags::RB_OVERWRITE) {
             return Err(Error::OverwriteMode {
                 map_overwrites: false,

@@ -7,7 +7,7 @@ use bpf_ringbuf_sys::{self as sys, MapType};
 use rustix::event::epoll;
 
 use super::flush::{Flusher, WaitOutcome};
-use super::mapping::{MapKind, RingMapping};
+use super::mapping::{map_info_of_type, MapKind, RingMapping};
 use super::wait::{deadline_after, WaitStats, Waiter};
 use crate::consumer::{Consumer, Readiness};
 use crate::Error;
@@ -68,13 +68,7 @@ impl RingBuf {
     ///
     /// As for [`RingBuf::new`].
     pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
-        let info = sys::map_info(map.as_fd())?;
-        if info.map_type() != MapType::RINGBUF {
-            return Err(Error::WrongMapType {
-                expected: MapType::RINGBUF,
-                found: info.map_type(),
-            });
-        }
+        let info = map_info_of_type(map.as_fd(), MapType::RINGBUF)?;
         if info.flags().contains(sys::MapFlags::RB_OVERWRITE) {
             // Zero-copy batches would lend records the kernel may overwrite while borrowed.
             return Err(Error::OverwriteMode {

@@ -9,7 +9,7 @@ use std::vec::Vec;
 use bpf_ringbuf_sys::{self as sys, MapType};
 use rustix::event::epoll;
 
-use super::mapping::{MapKind, RingMapping};
+use super::mapping::{map_info_of_type, MapKind, RingMapping};
 use super::wait::{WaitStats, Waiter};
 use crate::producer::{Producer, Reservation, ReserveError};
 use crate::Error;
@@ -104,13 +104,7 @@ impl UserRingBuf {
     ///
     /// As for [`UserRingBuf::new`].
     pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
-        let info = sys::map_info(map.as_fd())?;
-        if info.map_type() != MapType::USER_RINGBUF {
-            return Err(Error::WrongMapType {
-                expected: MapType::USER_RINGBUF,
-                found: info.map_type(),
-            });
-        }
+        let info = map_info_of_type(map.as_fd(), MapType::USER_RINGBUF)?;
         let claim = ProducerClaim::new(info.id)?;
         let mapping = RingMapping::new(
             map.as_fd(),
