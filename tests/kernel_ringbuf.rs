@@ -1125,9 +1125,17 @@ fn pinned_map_reopened_mid_stream_continues_where_the_reader_stopped() {
     assert_eq!(ring.positions().consumer, stopped_at);
     emit_numbered(&out, 10..12);
     assert_eq!(drain(&mut ring), numbered(5..12));
-    // A third reader, concurrent with the second one's mapping, sees the published position.
+    // One reader per map and process: a third one is refused while the second lives...
+    let id = ring.map_id();
+    assert!(matches!(
+        RingBuf::from_pinned(&pin),
+        Err(Error::ReaderExists { map_id }) if map_id == id
+    ));
+    // ...and, once it is gone, starts at the position the second one published.
+    let published = ring.positions();
+    drop(ring);
     let third = RingBuf::from_pinned(&pin).unwrap();
-    assert_eq!(third.positions(), ring.positions());
+    assert_eq!(third.positions(), published);
     assert_eq!(third.available(), Ok(0));
 
     std::fs::remove_file(&pin).unwrap();

@@ -49,6 +49,14 @@ pub enum Error {
         /// The map's id.
         map_id: u32,
     },
+    /// This process already has a reader ([`RingBuf`](crate::RingBuf) or
+    /// [`OverwriteRingBuf`](crate::OverwriteRingBuf)) for the RINGBUF map with this id: the
+    /// protocol allows one consumer per ring, and a second would publish `consumer_pos` past
+    /// records the first still lends out.
+    ReaderExists {
+        /// The map's id.
+        map_id: u32,
+    },
     /// The map's overwrite mode (`BPF_F_RB_OVERWRITE`) is not the one this reader handles:
     /// overwrite-mode rings are read with [`OverwriteRingBuf`](crate::OverwriteRingBuf)
     /// (copy, then validate), others with [`RingBuf`](crate::RingBuf) (zero-copy).
@@ -95,6 +103,10 @@ impl fmt::Display for Error {
                 f,
                 "map was not created with BPF_F_RB_OVERWRITE: read it with RingBuf"
             ),
+            Self::ReaderExists { map_id } => write!(
+                f,
+                "this process already has a reader for RINGBUF map {map_id}"
+            ),
             Self::ProducerExists { map_id } => write!(
                 f,
                 "this process already has a producer for USER_RINGBUF map {map_id}"
@@ -124,6 +136,7 @@ impl std::error::Error for Error {
             Self::Reserve(error) => Some(error),
             Self::WrongMapType { .. }
             | Self::ProducerExists { .. }
+            | Self::ReaderExists { .. }
             | Self::OverwriteMode { .. }
             | Self::Unsupported { .. } => None,
         }

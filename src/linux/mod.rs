@@ -3,6 +3,7 @@
 //! The kernel operations themselves (bpf(2), mmap, epoll) come from `bpf-ringbuf-sys`; this
 //! module joins them with the protocol core.
 
+mod claim;
 mod drops;
 mod error;
 mod flush;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bpf_ringbuf_sys::{self as sys, MapFlags, MapType};
 use rustix::event::epoll;
 
+use super::claim::{MapClaim, Role};
 use super::mapping::{map_info_of_type, MapKind, RingMapping};
 use super::wait::{WaitStats, Waiter};
 use crate::overwrite::OverwriteConsumer;
@@ -41,6 +42,8 @@ pub struct OverwriteRingBuf {
     // Field order: unmap before closing the map fd.
     consumer: OverwriteConsumer<RingMapping>,
     waiter: Waiter,
+    /// This process's only reader of the map (released after the mapping is gone).
+    claim: MapClaim,
     map: OwnedFd,
 }
 
@@ -69,6 +72,7 @@ impl OverwriteRingBuf {
                 map_overwrites: false,
             });
         }
+        let claim = MapClaim::new(info.id, Role::Reader)?;
         let mapping = RingMapping::new(
             map.as_fd(),
             info.max_entries as usize,
@@ -79,6 +83,7 @@ impl OverwriteRingBuf {
         Ok(Self {
             consumer,
             waiter,
+            claim,
             map,
         })
     }
@@ -104,6 +109,12 @@ impl OverwriteRingBuf {
     /// The map's fd.
     pub fn map_fd(&self) -> BorrowedFd<'_> {
         self.map.as_fd()
+    }
+
+    /// The map's id. This process reads the map through this value only: opening it a second
+    /// time while this one lives fails with [`Error::ReaderExists`].
+    pub fn map_id(&self) -> u32 {
+        self.claim.map_id
     }
 
     /// Size of the data area in bytes.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bpf_ringbuf_sys::{self as sys, MapType};
 use rustix::event::epoll;
 
+use super::claim::{MapClaim, Role};
 use super::flush::{Flusher, WaitOutcome};
 use super::mapping::{map_info_of_type, MapKind, RingMapping};
 use super::wait::{deadline_after, WaitStats, Waiter};
@@ -47,6 +48,8 @@ pub struct RingBuf {
     // the map fd — unmapping before closing.
     consumer: Consumer<RingMapping>,
     waiter: Waiter,
+    /// This process's only reader of the map (released after the mapping is gone).
+    claim: MapClaim,
     map: OwnedFd,
 }
 
@@ -75,6 +78,7 @@ impl RingBuf {
                 map_overwrites: true,
             });
         }
+        let claim = MapClaim::new(info.id, Role::Reader)?;
         let mapping = RingMapping::new(
             map.as_fd(),
             info.max_entries as usize,
@@ -85,6 +89,7 @@ impl RingBuf {
         Ok(Self {
             consumer,
             waiter,
+            claim,
             map,
         })
     }
@@ -110,6 +115,12 @@ impl RingBuf {
     /// The map's fd.
     pub fn map_fd(&self) -> BorrowedFd<'_> {
         self.map.as_fd()
+    }
+
+    /// The map's id. This process reads the map through this value only: opening it a second
+    /// time while this one lives fails with [`Error::ReaderExists`].
+    pub fn map_id(&self) -> u32 {
+        self.claim.map_id
     }
 
     /// Size of the data area in bytes (the map's `max_entries`).

@@ -2,48 +2,16 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
-use std::vec::Vec;
 
 use bpf_ringbuf_sys::{self as sys, MapType};
 use rustix::event::epoll;
 
+use super::claim::{MapClaim, Role};
 use super::mapping::{map_info_of_type, MapKind, RingMapping};
 use super::wait::{WaitStats, Waiter};
 use crate::producer::{Producer, Reservation, ReserveError};
 use crate::Error;
-
-/// Ids of the USER_RINGBUF maps this process has a producer for.
-static PRODUCING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
-/// This process's claim to be the producer of one map; released on drop.
-#[derive(Debug)]
-struct ProducerClaim {
-    map_id: u32,
-}
-
-impl ProducerClaim {
-    fn new(map_id: u32) -> Result<Self, Error> {
-        let mut producing = PRODUCING
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if producing.contains(&map_id) {
-            return Err(Error::ProducerExists { map_id });
-        }
-        producing.push(map_id);
-        Ok(Self { map_id })
-    }
-}
-
-impl Drop for ProducerClaim {
-    fn drop(&mut self) {
-        let mut producing = PRODUCING
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        producing.retain(|&id| id != self.map_id);
-    }
-}
 
 /// A `BPF_MAP_TYPE_USER_RINGBUF` map opened for writing: the user→kernel direction.
 ///
@@ -81,7 +49,7 @@ pub struct UserRingBuf {
     // claim and the map fd — unmapping before closing.
     producer: Producer<RingMapping>,
     waiter: RefCell<Waiter>,
-    claim: ProducerClaim,
+    claim: MapClaim,
     map: OwnedFd,
 }
 
@@ -105,7 +73,7 @@ impl UserRingBuf {
     /// As for [`UserRingBuf::new`].
     pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
         let info = map_info_of_type(map.as_fd(), MapType::USER_RINGBUF)?;
-        let claim = ProducerClaim::new(info.id)?;
+        let claim = MapClaim::new(info.id, Role::Producer)?;
         let mapping = RingMapping::new(
             map.as_fd(),
             info.max_entries as usize,
