@@ -54,6 +54,27 @@ impl WakeState {
         self.eventfd.as_fd()
     }
 
+    /// A [`Flusher`] for the waiter whose epoll set is `epoll`: the shared state in `slot`,
+    /// created and added to the set (edge-triggered, with event data `token`) on first use.
+    pub(crate) fn flusher_for(
+        epoll: BorrowedFd<'_>,
+        slot: &mut Option<Arc<Self>>,
+        token: u64,
+    ) -> Result<Flusher, Error> {
+        if let Some(wake) = slot {
+            return Ok(Flusher::new(wake.clone()));
+        }
+        let wake = Self::new()?;
+        rustix::event::epoll::add(
+            epoll,
+            wake.eventfd(),
+            rustix::event::epoll::EventData::new_u64(token),
+            rustix::event::epoll::EventFlags::IN | rustix::event::epoll::EventFlags::ET,
+        )?;
+        *slot = Some(wake.clone());
+        Ok(Flusher::new(wake))
+    }
+
     /// Resets the eventfd counter after it woke the waiter (the flags carry the meaning).
     pub(crate) fn clear_signal(&self) -> Result<(), Error> {
         eventfd_drain(self.eventfd.as_fd())?;

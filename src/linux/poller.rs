@@ -361,18 +361,7 @@ impl Poller {
     ///
     /// [`Error::Io`] if the eventfd cannot be created or added to the epoll set.
     pub fn flusher(&mut self) -> Result<Flusher, Error> {
-        if let Some(wake) = &self.wake {
-            return Ok(Flusher::new(wake.clone()));
-        }
-        let wake = WakeState::new()?;
-        epoll::add(
-            &self.epoll,
-            wake.eventfd(),
-            epoll::EventData::new_u64(WAKE_TOKEN),
-            epoll::EventFlags::IN | epoll::EventFlags::ET,
-        )?;
-        self.wake = Some(wake.clone());
-        Ok(Flusher::new(wake))
+        WakeState::flusher_for(self.epoll.as_fd(), &mut self.wake, WAKE_TOKEN)
     }
 
     /// Read accounting summed over the readers here now (see [`Stats`]).

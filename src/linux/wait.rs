@@ -114,18 +114,7 @@ impl Waiter {
 
     /// A handle that wakes this waiter from another thread (created on first use).
     pub(crate) fn flusher(&mut self) -> Result<Flusher, Error> {
-        if let Some(wake) = &self.wake {
-            return Ok(Flusher::new(wake.clone()));
-        }
-        let wake = WakeState::new()?;
-        epoll::add(
-            &self.epoll,
-            wake.eventfd(),
-            epoll::EventData::new_u64(WAKE_TOKEN),
-            epoll::EventFlags::IN | epoll::EventFlags::ET,
-        )?;
-        self.wake = Some(wake.clone());
-        Ok(Flusher::new(wake))
+        WakeState::flusher_for(self.epoll.as_fd(), &mut self.wake, WAKE_TOKEN)
     }
 
     /// Waits until `ready()` holds, a flush or close was requested (and `ready()` does not
