@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 
-use bpf_ringbuf::sync::atomic::{AtomicU32, AtomicUsize};
+use bpf_ringbuf::memory::{DataWord, PositionWord};
 use bpf_ringbuf::{Consumer, RawRingMemory, Readiness, RingMemory};
 use bpf_ringbuf_testkit as kit;
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
@@ -100,7 +100,12 @@ impl LibraryRing {
 
     /// The same memory as a `RawRingMemory`, for code that would rather not write the
     /// `unsafe impl` below.
-    pub fn as_raw(&self) -> RawRingMemory {
+    ///
+    /// # Safety
+    ///
+    /// A `RawRingMemory` holds addresses, not a borrow: the caller keeps `self` (and so the
+    /// mapping) alive for as long as the result, or anything made from it, is in use.
+    pub unsafe fn as_raw(&self) -> RawRingMemory {
         // SAFETY: the addresses are this mapping's consumer page (writable), producer page and
         // data area (`2 * size` bytes, double mapped by the kernel), all page aligned; `size` is
         // the map's max_entries. The caller keeps `self` alive while the result is in use.
@@ -141,29 +146,33 @@ impl Drop for LibraryRing {
 // - Both mappings stay in place until `self` is dropped, and every reference handed out
 //   borrows `self`.
 unsafe impl RingMemory for LibraryRing {
-    fn consumer_pos(&self) -> &AtomicUsize {
-        // SAFETY: page aligned, mapped read-write for as long as `self` lives; the kernel only
-        // reads and writes this word with smp_load_acquire/smp_store_release.
-        unsafe { AtomicUsize::from_ptr(self.consumer_page.as_ptr().cast()) }
+    fn consumer_pos(&self) -> &PositionWord {
+        // SAFETY: page aligned, mapped read-write for as long as `self` lives (the returned
+        // reference borrows `self`); the kernel only reads and writes this word with
+        // smp_load_acquire/smp_store_release.
+        unsafe { PositionWord::from_ptr(self.consumer_page.as_ptr().cast()) }
     }
 
-    fn producer_pos(&self) -> &AtomicUsize {
-        // SAFETY: page aligned, mapped for as long as `self` lives; only ever loaded here.
-        unsafe { AtomicUsize::from_ptr(self.producer_page.as_ptr().cast()) }
+    fn producer_pos(&self) -> &PositionWord {
+        // SAFETY: page aligned, mapped read-only for as long as `self` lives; the kernel
+        // writes it with smp_store_release, and a `PositionWord` is only ever loaded outside
+        // the core, which never stores to a RINGBUF's producer_pos.
+        unsafe { PositionWord::from_ptr(self.producer_page.as_ptr().cast()) }
     }
 
     fn size(&self) -> usize {
         self.size
     }
 
-    fn header(&self, offset: usize) -> &AtomicU32 {
+    fn header(&self, offset: usize) -> &DataWord {
         assert!(
-            offset < self.size && offset % 4 == 0,
+            offset < self.size && offset % 8 == 0,
             "bad header offset {offset}"
         );
-        // SAFETY: inside the data area (checked), 4-byte aligned (the area is page aligned),
-        // mapped for as long as `self` lives; the kernel writes header words atomically.
-        unsafe { AtomicU32::from_ptr(self.data().add(offset).cast()) }
+        // SAFETY: inside the data area (checked), 8-byte aligned (the area is page aligned),
+        // mapped read-only for as long as `self` lives; the kernel writes header words
+        // atomically (xchg, WRITE_ONCE), and a `DataWord` is only ever loaded outside the core.
+        unsafe { DataWord::from_ptr(self.data().add(offset).cast()) }
     }
 
     unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
@@ -228,9 +237,14 @@ pub fn run(size: usize) -> Result<Report, Box<dyn Error>> {
         // Each round opens a new consumer, as a library reopening a pinned map would: it
         // continues from the consumer_pos the previous one published.
         let read = if round % 2 == 0 {
-            read_round(Consumer::new(&ring)?, &source)?
+            // SAFETY: the map was created above and this process reads it through this
+            // consumer alone: the previous round's consumer was dropped, and nothing else
+            // maps it. The consumer page is mapped read-write; the producer is the kernel,
+            // which writes a record only in space consumer_pos handed back, before committing.
+            read_round(unsafe { Consumer::new(&ring) }?, &source)?
         } else {
-            read_round(Consumer::new(ring.as_raw())?, &source)?
+            // SAFETY: as above, and `ring` outlives the raw view, which the round consumes.
+            read_round(unsafe { Consumer::new(ring.as_raw()) }?, &source)?
         };
         if round % 2 == 0 {
             report.through_impl += read;
@@ -238,7 +252,8 @@ pub fn run(size: usize) -> Result<Report, Box<dyn Error>> {
             report.through_raw += read;
         }
     }
-    let consumer = Consumer::new(&ring)?;
+    // SAFETY: as in the rounds: every earlier consumer was dropped.
+    let consumer = unsafe { Consumer::new(&ring) }?;
     if consumer.check_before_sleep() != Readiness::Empty {
         return Err("records left in the ring after the last round".into());
     }

@@ -40,17 +40,13 @@ use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, ordering, weak
 /// Linux front end ([`RingBuf`](crate::RingBuf)) wraps a `Consumer` over the map's `mmap`.
 ///
 /// ```
-/// use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-/// use bpf_ringbuf::Consumer;
-/// use std::sync::Arc;
+/// use bpf_ringbuf::model::{HeapRing, Wakeup};
 ///
-/// let ring = Arc::new(HeapRing::new(4096)?);
-/// // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-/// let producer = unsafe { KernelProducer::new(ring.clone()) }?;
+/// // A ring with its two endpoints: the model of the kernel's producer, and the consumer.
+/// let (producer, mut consumer) = HeapRing::new(4096)?.split();
 /// producer.output(b"hello", Wakeup::Adaptive).unwrap();
 /// producer.output(b"world", Wakeup::Adaptive).unwrap();
 ///
-/// let mut consumer = Consumer::new(ring)?;
 /// let batch = consumer.batch();
 /// let first = batch.next_record().unwrap()?;
 /// let second = batch.next_record().unwrap()?; // `first` is still borrowed: fine
@@ -62,6 +58,11 @@ use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, ordering, weak
 pub struct Consumer<M: RingMemory> {
     memory: M,
     geometry: Geometry,
+    /// The position this consumer has read up to: what it published last, or what it found
+    /// when it was created. Always 8-byte aligned unless it was found so. The shared
+    /// `consumer_pos` holds the same value unless someone else wrote it, which the next read
+    /// reports ([`ReadError::ConsumerPosMoved`]).
+    cursor: usize,
     /// What this consumer has read so far; updated once per batch.
     stats: Stats,
 }
@@ -145,16 +146,52 @@ impl<M: RingMemory> Consumer<M> {
     /// A consumer of the ring in `memory`, starting at the ring's current `consumer_pos`
     /// (so a pinned map reopened mid-stream continues where its last reader stopped).
     ///
+    /// [`RingBuf`](crate::RingBuf) makes one for you, safely, and
+    /// [`HeapRing::split`](crate::model::HeapRing::split) makes a model ring together with
+    /// its consumer; this constructor is for memory you bring yourself
+    /// ([`guide::vendoring`](crate::guide::vendoring)).
+    ///
+    /// # Safety
+    ///
+    /// A `Consumer` lends records as `&[u8]` slices of the data area and publishes
+    /// `consumer_pos` once it is done with them. For as long as it lives:
+    ///
+    /// - it is the only consumer of this ring in this process: no second `Consumer` or
+    ///   [`OverwriteConsumer`](crate::OverwriteConsumer) over the same memory, and no other
+    ///   code that stores to `consumer_pos` (a store that moved it past a record a
+    ///   [`Batch`] still lends would let the producer overwrite the record under the borrow);
+    /// - `consumer_pos` is writable memory (a RINGBUF's consumer page, mapped read-write);
+    /// - the producer writes a record's bytes only in space `consumer_pos` has handed back,
+    ///   and only before it commits the record (what the kernel does).
+    ///
+    /// Another *process* holding the map's fd can still write `consumer_pos`: no mapping can
+    /// rule that out. This consumer detects it ([`ReadError::ConsumerPosMoved`]) but cannot
+    /// prevent it; [`guide::design`](crate::guide::design) states this trust assumption.
+    ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
-        Ok(Self {
+        // SAFETY: the caller upholds the contract, which is `from_geometry`'s.
+        Ok(unsafe { Self::from_geometry(memory, geometry) })
+    }
+
+    /// [`Consumer::new`] for memory whose size is already known to be valid.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Consumer::new`], and `geometry` is `Geometry::new(memory.size())`.
+    pub(crate) unsafe fn from_geometry(memory: M, geometry: Geometry) -> Self {
+        // Acquire: pairs with the store-release of a previous reader of this ring (another
+        // process, or this one before a reopen), whose position we continue from.
+        let cursor = memory.consumer_pos().load_acquire();
+        Self {
             memory,
             geometry,
+            cursor,
             stats: Stats::default(),
-        })
+        }
     }
 
     /// The ring's geometry.
@@ -167,16 +204,19 @@ impl<M: RingMemory> Consumer<M> {
         &self.memory
     }
 
+    /// The position this consumer has read up to: what it published as `consumer_pos` last
+    /// (or found there when it was created). The shared word differs from it only when
+    /// someone else wrote it; see [`ReadError::ConsumerPosMoved`].
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
     /// What this consumer has read so far (see [`Stats`]).
     ///
     /// ```
-    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-    /// # use bpf_ringbuf::Consumer;
-    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
+    /// # use bpf_ringbuf::model::{HeapRing, Wakeup};
+    /// let (producer, mut consumer) = HeapRing::new(4096)?.split();
     /// producer.output(b"abc", Wakeup::Adaptive).unwrap();
-    /// let mut consumer = Consumer::new(ring)?;
     /// consumer.batch().iter().for_each(drop);
     /// let stats = consumer.stats();
     /// assert_eq!((stats.records, stats.bytes, stats.consumed_bytes), (1, 3, 16));
@@ -196,12 +236,12 @@ impl<M: RingMemory> Consumer<M> {
         self.memory
     }
 
-    /// Both positions, as they are now.
+    /// Both positions, as the ring's shared words hold them now.
     pub fn positions(&self) -> Positions {
         Positions {
-            // Acquire: pairs with the store-release of a previous reader of this ring (another
-            // process, or this one before a reopen), so we continue after what it consumed.
-            consumer: self.memory.consumer_pos().load(Ordering::Acquire),
+            // Relaxed: only compared with our own cursor, which is what we read from; nothing
+            // is read on the strength of it (`follow` fences before adopting it).
+            consumer: self.memory.consumer_pos().load_relaxed(),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in
             // __bpf_ringbuf_reserve, making the headers it wrote visible. (A relaxed load and
             // an acquire fence: the producer page is mapped read-only.)
@@ -214,8 +254,8 @@ impl<M: RingMemory> Consumer<M> {
     ///
     /// # Errors
     ///
-    /// [`ReadError::ConsumerAhead`] or [`ReadError::MisalignedPosition`] if `consumer_pos`
-    /// is corrupt.
+    /// [`ReadError::ConsumerPosMoved`] if someone else wrote `consumer_pos`;
+    /// [`ReadError::ConsumerAhead`] or [`ReadError::MisalignedPosition`] if it is corrupt.
     pub fn available(&self) -> Result<usize, ReadError> {
         let positions = self.positions();
         self.validate(positions)
@@ -224,6 +264,12 @@ impl<M: RingMemory> Consumer<M> {
     /// Checks the positions a read starts from; returns the bytes between them.
     #[inline]
     fn validate(&self, Positions { consumer, producer }: Positions) -> Result<usize, ReadError> {
+        if consumer != self.cursor {
+            return Err(ReadError::ConsumerPosMoved {
+                expected: self.cursor,
+                found: consumer,
+            });
+        }
         let available = distance(consumer, producer);
         if available > self.geometry.size() {
             return Err(ReadError::ConsumerAhead {
@@ -232,9 +278,7 @@ impl<M: RingMemory> Consumer<M> {
             });
         }
         if consumer % 8 != 0 {
-            return Err(ReadError::MisalignedPosition {
-                consumer_pos: consumer,
-            });
+            return Err(ReadError::MisalignedPosition { position: consumer });
         }
         Ok(available)
     }
@@ -262,9 +306,6 @@ impl<M: RingMemory> Consumer<M> {
         // barrier: the payload the program wrote before committing is visible once we see the
         // BUSY bit clear.
         let header = RecordHeader::from_raw(load_acquire_u32(header_word, SyncPoint::HeaderLoad));
-        if header.is_busy() {
-            return Step::Busy;
-        }
         let record_size = header.record_size();
         // `available <= size` (checked when the read started, and it only shrinks), so this
         // one check keeps the record inside the ring and before producer_pos.
@@ -276,6 +317,13 @@ impl<M: RingMemory> Consumer<M> {
                 available: distance(position, end),
             });
         };
+        if header.is_busy() {
+            // Checked after the size on purpose: a real reservation always fits before
+            // producer_pos (__bpf_ringbuf_reserve writes its length before it releases
+            // producer_pos past it), so a BUSY header that does not fit is garbage — payload
+            // bytes under a moved consumer_pos — to report, not a record to wait for.
+            return Step::Busy;
+        }
         let next = position.wrapping_add(record_size);
         if header.is_discarded() {
             Step::Discarded { next, remaining }
@@ -289,16 +337,35 @@ impl<M: RingMemory> Consumer<M> {
         }
     }
 
-    /// Publishes `position` as the new `consumer_pos`.
+    /// Publishes `position` as the new `consumer_pos`, moving on from our cursor.
+    ///
+    /// A compare-exchange, not a store: it publishes only if `consumer_pos` still holds our
+    /// cursor, so a write by someone else while we read is not silently overwritten — the
+    /// cursor moves on regardless and the next read reports the difference
+    /// ([`ReadError::ConsumerPosMoved`]).
     #[inline]
-    fn publish(&self, position: usize) {
-        // Release: pairs with smp_load_acquire(&rb->consumer_pos) in __bpf_ringbuf_reserve
-        // (and in bpf_ringbuf_commit's wakeup check): our reads of the records before
-        // `position` are complete before the kernel may reuse their space.
-        self.memory.consumer_pos().store(
+    fn publish(&mut self, position: usize) {
+        // Release (on success): pairs with smp_load_acquire(&rb->consumer_pos) in
+        // __bpf_ringbuf_reserve (and in bpf_ringbuf_commit's wakeup check): our reads of the
+        // records before `position` are complete before the kernel may reuse their space.
+        // Relaxed on failure: nothing is published, and the value found is not used.
+        let _ = self.memory.consumer_pos().atomic().compare_exchange(
+            self.cursor,
             position,
             ordering(SyncPoint::ConsumerPosPublish, Ordering::Release),
+            Ordering::Relaxed,
         );
+        self.cursor = position;
+    }
+
+    /// Stores `position` as `consumer_pos` and makes it our cursor (the recovery verbs).
+    fn store_cursor(&mut self, position: usize) {
+        // Release: as in `publish`; the records before `position` are not read again.
+        self.memory
+            .consumer_pos()
+            .atomic()
+            .store(position, Ordering::Release);
+        self.cursor = position;
     }
 
     /// Starts a zero-copy batch over the records committed so far.
@@ -309,13 +376,9 @@ impl<M: RingMemory> Consumer<M> {
     /// stops at the first BUSY record.
     ///
     /// ```
-    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-    /// # use bpf_ringbuf::Consumer;
-    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
+    /// # use bpf_ringbuf::model::{HeapRing, Wakeup};
+    /// let (producer, mut consumer) = HeapRing::new(4096)?.split();
     /// # for i in 0..3u8 { producer.output(&[i; 4], Wakeup::Adaptive).unwrap(); }
-    /// let mut consumer = Consumer::new(ring)?;
     /// let batch = consumer.batch();
     /// let records: Vec<&[u8]> = batch.iter().collect::<Result<_, _>>()?;
     /// assert_eq!(records, [&[0u8; 4][..], &[1; 4], &[2; 4]]);
@@ -326,12 +389,13 @@ impl<M: RingMemory> Consumer<M> {
         let positions = self.positions();
         let (end, available, error) = match self.validate(positions) {
             Ok(available) => (positions.producer, available, None),
-            Err(error) => (positions.consumer, 0, Some(error)),
+            Err(error) => (self.cursor, 0, Some(error)),
         };
+        let start = self.cursor;
         Batch {
             consumer: self,
-            start: positions.consumer,
-            cursor: Cell::new(positions.consumer),
+            start,
+            cursor: Cell::new(start),
             end: Cell::new(end),
             available: Cell::new(available),
             error: Cell::new(error),
@@ -350,14 +414,10 @@ impl<M: RingMemory> Consumer<M> {
     /// anything). Records that arrive while the call runs are read too, up to the budget.
     ///
     /// ```
-    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-    /// # use bpf_ringbuf::Consumer;
+    /// # use bpf_ringbuf::model::{HeapRing, Wakeup};
     /// # use std::ops::ControlFlow;
-    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
+    /// let (producer, mut consumer) = HeapRing::new(4096)?.split();
     /// # for i in 0..10u8 { producer.output(&[i], Wakeup::Adaptive).unwrap(); }
-    /// let mut consumer = Consumer::new(ring)?;
     /// let mut seen = Vec::new();
     /// let n = consumer.consume(usize::MAX, |record| {
     ///     seen.push(record[0]);
@@ -370,8 +430,10 @@ impl<M: RingMemory> Consumer<M> {
     ///
     /// # Errors
     ///
-    /// A [`ReadError`] when the ring is corrupt; records before the corrupt spot were delivered
-    /// and consumed.
+    /// A [`ReadError`] when the ring is corrupt (or `consumer_pos` was moved) before any record
+    /// was delivered. When it turns up after some were, the call returns their number and the
+    /// next call reports it: records before the bad spot are delivered and consumed, nothing
+    /// after it is skipped.
     pub fn consume<F>(&mut self, budget: usize, mut f: F) -> Result<usize, ReadError>
     where
         F: FnMut(&[u8]) -> ControlFlow<()>,
@@ -390,7 +452,10 @@ impl<M: RingMemory> Consumer<M> {
                             return Ok(delivered);
                         }
                     }
-                    Some(Err(error)) => return Err(error),
+                    // Records delivered before it stay delivered (and consumed): the call says
+                    // how many, and the next call reports the error, which moved nothing.
+                    Some(Err(error)) if delivered == 0 => return Err(error),
+                    Some(Err(_)) => return Ok(delivered),
                     None => break,
                 }
             }
@@ -465,13 +530,10 @@ impl<M: RingMemory> Consumer<M> {
     /// `None` if no committed record is waiting.
     ///
     /// ```
-    /// # use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-    /// # use bpf_ringbuf::{Consumer, ReadError};
-    /// # let ring = std::sync::Arc::new(HeapRing::new(4096)?);
-    /// # // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    /// # let producer = unsafe { KernelProducer::new(ring.clone()) }?;
+    /// # use bpf_ringbuf::model::{HeapRing, Wakeup};
+    /// # use bpf_ringbuf::ReadError;
+    /// let (producer, mut consumer) = HeapRing::new(4096)?.split();
     /// # producer.output(b"0123456789", Wakeup::Adaptive).unwrap();
-    /// let mut consumer = Consumer::new(ring)?;
     /// let mut small = [0u8; 4];
     /// assert_eq!(
     ///     consumer.read_into(&mut small),
@@ -548,11 +610,12 @@ impl<M: RingMemory> Consumer<M> {
         // and wakes us.
         fence_at(SyncPoint::SleepFence, Ordering::SeqCst);
         let positions = self.positions();
-        if positions.producer == positions.consumer {
-            return Readiness::Empty;
-        }
-        if self.validate(positions).is_err() {
+        let Ok(available) = self.validate(positions) else {
+            // A read reports what is wrong.
             return Readiness::Readable;
+        };
+        if available == 0 {
+            return Readiness::Empty;
         }
         let offset = self.geometry.offset(positions.consumer);
         // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
@@ -560,24 +623,66 @@ impl<M: RingMemory> Consumer<M> {
             self.memory.header(offset),
             SyncPoint::HeaderLoad,
         ));
-        if header.is_busy() {
+        // A BUSY header that does not fit is corruption, which a read reports (see `step`).
+        if header.is_busy() && header.record_size() <= available {
             Readiness::HeadBusy
         } else {
             Readiness::Readable
         }
     }
 
-    /// Moves `consumer_pos` to the current `producer_pos`, dropping everything between them;
-    /// returns the number of bytes skipped. The way out after a [`ReadError`] that reports a
-    /// corrupt ring.
+    /// After [`ReadError::ConsumerPosMoved`]: publishes this consumer's own cursor again and
+    /// continues from it, so nothing it had not read is lost.
     ///
-    /// The count is at most the ring size, the most the ring can hold: when `consumer_pos`
-    /// was corrupt (ahead of `producer_pos`, or further behind than the ring holds), the
-    /// distance between the two positions says nothing about the data lost.
+    /// Exact as long as the producer has not reused the space after our cursor, which it
+    /// could do once someone moved `consumer_pos` forward: this checks that `producer_pos`
+    /// is still within one ring size of the cursor, and refuses otherwise (then
+    /// [`resync`](Self::resync)). A producer reservation racing with this call may still have
+    /// used the other writer's value; [`guide::design`](crate::guide::design) discusses it.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::ConsumerAhead`] (naming our cursor) if `producer_pos` is more than a ring
+    /// size past it: records after the cursor may have been overwritten.
+    pub fn resume(&mut self) -> Result<(), ReadError> {
+        let producer = load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
+        if distance(self.cursor, producer) > self.geometry.size() {
+            return Err(ReadError::ConsumerAhead {
+                consumer_pos: self.cursor,
+                producer_pos: producer,
+            });
+        }
+        self.store_cursor(self.cursor);
+        Ok(())
+    }
+
+    /// After [`ReadError::ConsumerPosMoved`]: adopts the `consumer_pos` the other writer
+    /// stored as this consumer's cursor, skipping (or re-reading) what lies between.
+    ///
+    /// Use it when the other writer is a legitimate reader that took over; the next read
+    /// validates the adopted position like any other (a position in the middle of a record
+    /// gives a [`ReadError`], not garbage records, only when its bytes contradict the
+    /// protocol: prefer [`resume`](Self::resume) or [`resync`](Self::resync) when in doubt).
+    pub fn follow(&mut self) {
+        // Acquire: pairs with the other writer's store-release, after which it read nothing
+        // before that position.
+        self.cursor = self.memory.consumer_pos().load_acquire();
+    }
+
+    /// Moves `consumer_pos` and this consumer's cursor to the current `producer_pos`,
+    /// dropping everything between; returns the number of bytes skipped from the cursor. The
+    /// way out after a [`ReadError`] that reports a corrupt ring, or when this consumer's
+    /// cursor itself cannot be trusted (a fresh open onto a corrupt ring).
+    ///
+    /// The count is at most the ring size, the most the ring can hold: when the cursor was
+    /// corrupt (ahead of `producer_pos`, or further behind than the ring holds), the distance
+    /// says nothing about the data lost.
     pub fn resync(&mut self) -> usize {
-        let positions = self.positions();
-        self.publish(positions.producer);
-        distance(positions.consumer, positions.producer).min(self.geometry.size())
+        // Acquire: as in `positions`, so a read from the new position sees the headers.
+        let producer = load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
+        let skipped = distance(self.cursor, producer).min(self.geometry.size());
+        self.store_cursor(producer);
+        skipped
     }
 }
 
@@ -596,10 +701,9 @@ impl<M: RingMemory> core::fmt::Debug for Consumer<M> {
 /// any number of them can be held at once, and none can outlive the batch: the borrow checker
 /// rules out reading a record after its space was handed back to the kernel.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0505
 /// # use bpf_ringbuf::model::HeapRing;
-/// # use bpf_ringbuf::Consumer;
-/// let mut consumer = Consumer::new(HeapRing::new(4096).unwrap()).unwrap();
+/// let (_producer, mut consumer) = HeapRing::new(4096).unwrap().split();
 /// let batch = consumer.batch();
 /// let record = batch.next_record();
 /// batch.commit(); // error: `batch` is still borrowed by `record`
@@ -671,7 +775,11 @@ impl<'c, M: RingMemory> Batch<'c, M> {
                     let record = unsafe { consumer.memory.bytes(offset, len) };
                     if weakened(SyncPoint::BatchEarlyPublish) {
                         // A loom negative control: publish while the record is still lent.
-                        consumer.publish(next);
+                        consumer
+                            .memory
+                            .consumer_pos()
+                            .atomic()
+                            .store(next, Ordering::Release);
                     }
                     return Some(Ok(record));
                 }

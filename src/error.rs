@@ -50,11 +50,28 @@ impl core::error::Error for GeometryError {}
 /// The ring's shared state contradicts the protocol, or a copy target is too small.
 ///
 /// Ring-state errors leave `consumer_pos` where it was: the records before the bad spot
-/// have been delivered, nothing after it is skipped silently. To go on, resynchronise with
-/// [`Consumer::resync`](crate::Consumer::resync), which moves past everything written so far.
+/// have been delivered, nothing after it is skipped silently. How to go on (the same verbs
+/// on every reader):
+///
+/// - [`ConsumerPosMoved`](Self::ConsumerPosMoved): someone else wrote `consumer_pos`.
+///   [`resume`](crate::Consumer::resume) continues from the reader's own cursor (nothing it had
+///   not read is lost), [`follow`](crate::Consumer::follow) adopts the other writer's position.
+/// - Any other corruption: [`resync`](crate::Consumer::resync) moves past everything written
+///   so far.
+///
+/// [`guide::design`](crate::guide::design) says what is detected and what cannot be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReadError {
+    /// `consumer_pos` is not what this reader published last: another writer (a second
+    /// reader in another process, or a process scribbling on the consumer page) moved it.
+    /// Nothing was read or moved.
+    ConsumerPosMoved {
+        /// The position this reader published last (its own cursor).
+        expected: usize,
+        /// The position found in the ring.
+        found: usize,
+    },
     /// `consumer_pos` is ahead of `producer_pos`, or further behind it than the ring holds:
     /// someone wrote a bogus `consumer_pos`.
     ConsumerAhead {
@@ -63,10 +80,11 @@ pub enum ReadError {
         /// The producer position found in the ring.
         producer_pos: usize,
     },
-    /// `consumer_pos` is not 8-byte aligned, so it does not point at a record header.
+    /// The position a read would start from (`consumer_pos`, or in overwrite mode
+    /// `overwrite_pos`) is not 8-byte aligned, so it does not point at a record header.
     MisalignedPosition {
-        /// The consumer position found in the ring.
-        consumer_pos: usize,
+        /// The misaligned position.
+        position: usize,
     },
     /// A header claims a record that extends past `producer_pos` (or past the ring).
     RecordOutOfBounds {
@@ -91,6 +109,11 @@ pub enum ReadError {
 impl fmt::Display for ReadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
+            Self::ConsumerPosMoved { expected, found } => write!(
+                f,
+                "consumer_pos is {found:#x}, but this reader published {expected:#x}: another \
+                 writer moved it"
+            ),
             Self::ConsumerAhead {
                 consumer_pos,
                 producer_pos,
@@ -99,9 +122,9 @@ impl fmt::Display for ReadError {
                 "corrupt ring: consumer_pos {consumer_pos:#x} is not within one ring size \
                  behind producer_pos {producer_pos:#x}"
             ),
-            Self::MisalignedPosition { consumer_pos } => write!(
+            Self::MisalignedPosition { position } => write!(
                 f,
-                "corrupt ring: consumer_pos {consumer_pos:#x} is not 8-byte aligned"
+                "corrupt ring: position {position:#x} is not 8-byte aligned"
             ),
             Self::RecordOutOfBounds {
                 position,

@@ -85,6 +85,20 @@ pub const fn distance(from: usize, to: usize) -> usize {
     to.wrapping_sub(from)
 }
 
+/// Whether position `a` is strictly after position `b`, compared across the wrap at
+/// `usize::MAX` (correct while the two are less than `usize::MAX / 2` apart).
+///
+/// ```
+/// use bpf_ringbuf::geometry::is_after;
+/// assert!(is_after(8, usize::MAX - 7));
+/// assert!(!is_after(usize::MAX - 7, 8));
+/// assert!(!is_after(8, 8));
+/// ```
+#[inline]
+pub const fn is_after(a: usize, b: usize) -> bool {
+    (a.wrapping_sub(b) as isize) > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,12 +17,22 @@
 //!   other way: [`Reservation`]s are `&mut [u8]` in the ring, several may be outstanding, and
 //!   sizes the kernel would reject are refused up front ([`ReserveError`]).
 //! - **The Linux front end** (feature `std`, on by default): [`RingBuf`] opens a map (from any
-//!   fd, a pinned path or a map id), checks its type, maps it with the right permissions and
-//!   waits for data through epoll; [`UserRingBuf`] does the same for the producer side of a
+//!   fd, a pinned path or a map id), checks through the kernel that it is a ring map of the
+//!   right type, claims the ring's one reader for this process, maps it with the right
+//!   permissions and waits for data through epoll; [`UserRingBuf`] does the same for the producer side of a
 //!   USER_RINGBUF. `Poller` waits on many rings at once, `Flusher` stops a waiting reader
 //!   from another thread, `DropCounter` reads the counter BPF programs keep of lost events
 //!   (`docs/waiting.md` explains the waiting). The kernel calls live in the `bpf-ringbuf-sys`
 //!   crate.
+//!
+//! Safe code cannot reach undefined behaviour through this crate: no safe call sequence makes
+//! a second reader or producer of one ring, hands out an atomic over a read-only page or over
+//! lent bytes, or lets a lent record outlive its lease. The constructors that could
+//! ([`Consumer::new`], [`Producer::new`], ...) are `unsafe fn`s with their contract; the front
+//! end and the model's [`HeapRing::split`](model::HeapRing::split) make endpoints safely by
+//! establishing it. [`guide::design`] states the guarantee and its one trust assumption
+//! (another *process* holding the map fd), which the readers detect
+//! ([`ReadError::ConsumerPosMoved`]).
 //!
 //! # Quick start
 //!
@@ -76,7 +86,7 @@
 //! # Crate features
 //!
 //! - `std` (default): the Linux front end; implies `alloc`.
-//! - `tokio`: `AsyncRingBuf` and `AsyncSpaceWaiter`, waiting through tokio's reactor; implies
+//! - `tokio`: `AsyncRingBuf` and `AsyncUserRingBuf`, waiting through tokio's reactor; implies
 //!   `std`.
 //! - `alloc`: owned-record helpers ([`Consumer::read_vec`], [`Consumer::read_owned`]) and the
 //!   heap-backed [`model`] of a ring and of the kernel's producer.
@@ -120,6 +130,12 @@ pub mod guide {
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
 mod linux;
+
+// The routes to undefined behaviour safe code once had, each a doctest that must fail to
+// compile (with the std front end and the model).
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../tests/compile_fail.md")]
+mod compile_fail_tests {}
 
 pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness, Stats};
 pub use error::{GeometryError, ReadError};

@@ -7,7 +7,153 @@
 //! over an allocation, the loom models over loom's atomics, and a BPF library can implement it
 //! over a mapping it already holds.
 
-use crate::sync::atomic::{AtomicU32, AtomicUsize};
+use crate::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+
+/// A ring position word (`consumer_pos`, `producer_pos`, `overwrite_pos`) as the protocol
+/// core reaches it through [`RingMemory`].
+///
+/// Outside this crate it can only be *loaded*: it may lie on a page the kernel mapped
+/// read-only (a RINGBUF's producer page, a USER_RINGBUF's consumer page), where Rust allows
+/// only relaxed atomic loads, and storing to a position is the one thing that can hand ring
+/// space back to the other side while a record is still lent. The core's own stores and
+/// exchanges live inside the crate, each next to the kernel code it pairs with.
+///
+/// ```
+/// use bpf_ringbuf::memory::PositionWord;
+/// use std::sync::atomic::AtomicUsize;
+///
+/// let word = AtomicUsize::new(64);
+/// assert_eq!(PositionWord::from_atomic(&word).load_acquire(), 64);
+/// ```
+#[repr(transparent)]
+pub struct PositionWord(AtomicUsize);
+
+impl PositionWord {
+    /// A view of `atomic` that offers only loads.
+    #[inline]
+    pub fn from_atomic(atomic: &AtomicUsize) -> &PositionWord {
+        // SAFETY: `PositionWord` is `repr(transparent)` over `AtomicUsize`, so the two
+        // references have the same layout; the result borrows `atomic`.
+        unsafe { &*(atomic as *const AtomicUsize).cast::<PositionWord>() }
+    }
+
+    /// A view of the position word at `ptr`, as [`AtomicUsize::from_ptr`].
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is non-null, aligned for `usize`, valid for reads for `'a`, and during `'a` every
+    /// access to the word is atomic (the kernel's `smp_load_acquire`, `smp_store_release`,
+    /// `READ_ONCE`, `WRITE_ONCE`). The memory may be mapped read-only unless code of this
+    /// crate stores to the word (see [`RingMemory`]'s contract).
+    #[cfg(not(bpf_ringbuf_loom))]
+    #[inline]
+    pub unsafe fn from_ptr<'a>(ptr: *mut usize) -> &'a PositionWord {
+        // SAFETY: the caller upholds `AtomicUsize::from_ptr`'s contract; the cast is the
+        // identity layout of `from_atomic`.
+        Self::from_atomic(unsafe { AtomicUsize::from_ptr(ptr) })
+    }
+
+    /// A relaxed load (`READ_ONCE`).
+    #[inline]
+    pub fn load_relaxed(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A relaxed load followed by an acquire fence: an acquire load that is also sound on
+    /// memory mapped read-only (the same `mov` on x86).
+    #[inline]
+    pub fn load_acquire(&self) -> usize {
+        let value = self.0.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        value
+    }
+
+    /// The atomic itself, for the core's stores, which the memory contract allows.
+    #[inline(always)]
+    pub(crate) fn atomic(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for PositionWord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("PositionWord")
+            .field(&self.load_relaxed())
+            .finish()
+    }
+}
+
+/// A 32-bit word of a ring's data area — a record header's `len` word, or a payload word
+/// copied by the overwrite-mode reader — as the protocol core reaches it through
+/// [`RingMemory`].
+///
+/// Outside this crate it can only be loaded, for the reasons [`PositionWord`] gives, and
+/// because its bytes may belong to a record currently lent out as `&[u8]` or `&mut [u8]`:
+/// a store there would write under a live borrow.
+///
+/// ```
+/// use bpf_ringbuf::memory::DataWord;
+/// use std::sync::atomic::AtomicU32;
+///
+/// let word = AtomicU32::new(0x8000_0010);
+/// assert_eq!(DataWord::from_atomic(&word).load_relaxed(), 0x8000_0010);
+/// ```
+#[repr(transparent)]
+pub struct DataWord(AtomicU32);
+
+impl DataWord {
+    /// A view of `atomic` that offers only loads.
+    #[inline]
+    pub fn from_atomic(atomic: &AtomicU32) -> &DataWord {
+        // SAFETY: `DataWord` is `repr(transparent)` over `AtomicU32`; the result borrows
+        // `atomic`.
+        unsafe { &*(atomic as *const AtomicU32).cast::<DataWord>() }
+    }
+
+    /// A view of the data word at `ptr`, as [`AtomicU32::from_ptr`].
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is non-null, 4-byte aligned, valid for reads for `'a`, and during `'a` every
+    /// access to the word that can race is atomic or a read (the kernel writes headers with
+    /// `xchg`/`WRITE_ONCE`; payload bytes are written only as the protocol allows). The
+    /// memory may be mapped read-only unless code of this crate stores to the word.
+    #[cfg(not(bpf_ringbuf_loom))]
+    #[inline]
+    pub unsafe fn from_ptr<'a>(ptr: *mut u32) -> &'a DataWord {
+        // SAFETY: the caller upholds `AtomicU32::from_ptr`'s contract.
+        Self::from_atomic(unsafe { AtomicU32::from_ptr(ptr) })
+    }
+
+    /// A relaxed load (`READ_ONCE`).
+    #[inline]
+    pub fn load_relaxed(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A relaxed load followed by an acquire fence (see [`PositionWord::load_acquire`]).
+    #[inline]
+    pub fn load_acquire(&self) -> u32 {
+        let value = self.0.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        value
+    }
+
+    /// The atomic itself, for the core's stores and exchanges, which the memory contract
+    /// allows.
+    #[inline(always)]
+    pub(crate) fn atomic(&self) -> &AtomicU32 {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for DataWord {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("DataWord")
+            .field(&self.load_relaxed())
+            .finish()
+    }
+}
 
 /// Access to a ring's positions and data area: the one thing the protocol core needs from
 /// whoever mapped the ring.
@@ -18,6 +164,14 @@ use crate::sync::atomic::{AtomicU32, AtomicUsize};
 /// implements it over raw addresses. The core turns what these methods return into atomic
 /// loads and stores and into `&[u8]` slices without further checks, which is why the trait is
 /// `unsafe` to implement.
+///
+/// Implementing the trait makes no reader or producer: the endpoints over a ring
+/// ([`Consumer::new`](crate::Consumer::new), [`Producer::new`](crate::Producer::new), ...) are
+/// `unsafe fn`s whose callers promise that they are the ring's only ones, and the front end
+/// ([`RingBuf`](crate::RingBuf), [`UserRingBuf`](crate::UserRingBuf)) makes that promise by
+/// claiming the map. What the trait hands out to anyone else is harmless: position and data
+/// words that can only be loaded ([`PositionWord`], [`DataWord`]), and byte slices only
+/// through `unsafe fn`s.
 ///
 /// # Safety
 ///
@@ -32,7 +186,10 @@ use crate::sync::atomic::{AtomicU32, AtomicUsize};
 ///    words the other side of the ring (the kernel) reads and writes — and always the same
 ///    ones. A [`Consumer`](crate::Consumer) stores to `consumer_pos` and only loads
 ///    `producer_pos`, so `consumer_pos` must be writable memory when the value is read by a
-///    consumer.
+///    consumer; a [`Producer`](crate::Producer) stores to `producer_pos` and to headers, so
+///    those and the data area must be writable when the value is written by a producer.
+///    Words nobody in this process writes may be on read-only pages: the core loads them only
+///    with relaxed loads (followed by a fence where it needs acquire semantics).
 /// 3. **Headers.** For every `offset < size` that is a multiple of 8,
 ///    [`header`](Self::header) returns the 32-bit word at byte `offset` of the data area (the
 ///    same memory [`bytes`](Self::bytes) covers). It may panic for other offsets; the core
@@ -64,10 +221,10 @@ use crate::sync::atomic::{AtomicU32, AtomicUsize};
 /// raw pointers; a `Consumer` is `Send` when its memory is.
 pub unsafe trait RingMemory {
     /// The `consumer_pos` word (start of the consumer page).
-    fn consumer_pos(&self) -> &AtomicUsize;
+    fn consumer_pos(&self) -> &PositionWord;
 
     /// The `producer_pos` word (start of the producer page).
-    fn producer_pos(&self) -> &AtomicUsize;
+    fn producer_pos(&self) -> &PositionWord;
 
     /// Size of the data area in bytes (the map's `max_entries`).
     fn size(&self) -> usize;
@@ -76,7 +233,7 @@ pub unsafe trait RingMemory {
     ///
     /// Implementations may panic (or return any word) for other offsets; the core never
     /// asks for one.
-    fn header(&self, offset: usize) -> &AtomicU32;
+    fn header(&self, offset: usize) -> &DataWord;
 
     /// [`header`](Self::header) at an offset the caller has proven valid, so an
     /// implementation may skip its own check of it. The default calls `header`.
@@ -89,7 +246,7 @@ pub unsafe trait RingMemory {
     ///
     /// `offset` is 8-byte aligned and below [`size`](Self::size).
     #[inline]
-    unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+    unsafe fn header_unchecked(&self, offset: usize) -> &DataWord {
         self.header(offset)
     }
 
@@ -128,11 +285,11 @@ macro_rules! forward_ring_memory {
         // reference or a shared owner keeps `T` alive and in place.
         unsafe impl<T: RingMemory + ?Sized> RingMemory for $pointer {
             #[inline]
-            fn consumer_pos(&self) -> &AtomicUsize {
+            fn consumer_pos(&self) -> &PositionWord {
                 (**self).consumer_pos()
             }
             #[inline]
-            fn producer_pos(&self) -> &AtomicUsize {
+            fn producer_pos(&self) -> &PositionWord {
                 (**self).producer_pos()
             }
             #[inline]
@@ -140,11 +297,11 @@ macro_rules! forward_ring_memory {
                 (**self).size()
             }
             #[inline]
-            fn header(&self, offset: usize) -> &AtomicU32 {
+            fn header(&self, offset: usize) -> &DataWord {
                 (**self).header(offset)
             }
             #[inline]
-            unsafe fn header_unchecked(&self, offset: usize) -> &AtomicU32 {
+            unsafe fn header_unchecked(&self, offset: usize) -> &DataWord {
                 // SAFETY: the caller upholds `header_unchecked`'s contract, which is `T`'s.
                 unsafe { (**self).header_unchecked(offset) }
             }
@@ -189,10 +346,10 @@ forward_ring_memory!(alloc::sync::Arc<T>, alloc::boxed::Box<T>);
 ///   [`header`](RingMemory::header) and [`bytes`](RingMemory::bytes) cover.
 pub unsafe trait OverwriteMemory: RingMemory {
     /// The `overwrite_pos` word: every record before it has been (or is being) overwritten.
-    fn overwrite_pos(&self) -> &AtomicUsize;
+    fn overwrite_pos(&self) -> &PositionWord;
 
     /// The 32-bit word at `offset` (4-byte aligned, `< 2 * size`) of the data area.
-    fn data_word(&self, offset: usize) -> &AtomicU32;
+    fn data_word(&self, offset: usize) -> &DataWord;
 }
 
 macro_rules! forward_overwrite_memory {
@@ -200,11 +357,11 @@ macro_rules! forward_overwrite_memory {
         // SAFETY: forwards to `T`, which upholds the contract.
         unsafe impl<T: OverwriteMemory + ?Sized> OverwriteMemory for $pointer {
             #[inline]
-            fn overwrite_pos(&self) -> &AtomicUsize {
+            fn overwrite_pos(&self) -> &PositionWord {
                 (**self).overwrite_pos()
             }
             #[inline]
-            fn data_word(&self, offset: usize) -> &AtomicU32 {
+            fn data_word(&self, offset: usize) -> &DataWord {
                 (**self).data_word(offset)
             }
         }

@@ -13,12 +13,10 @@
 use core::ops::ControlFlow;
 
 use crate::error::GeometryError;
-use crate::geometry::{distance, Geometry};
+use crate::geometry::{distance, is_after, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
-use crate::memory::{OverwriteMemory, RingMemory, RingMemoryMut};
-// `AtomicU32` is used only by `HeapRing`, which loom builds leave out.
-#[cfg_attr(bpf_ringbuf_loom, allow(unused_imports))]
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::memory::{DataWord, OverwriteMemory, PositionWord, RingMemory, RingMemoryMut};
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{fence_at, ordering, spin_loop, weakened, SyncPoint};
 
 #[cfg(not(bpf_ringbuf_loom))]
@@ -27,7 +25,9 @@ pub use heap::HeapRing;
 #[cfg(not(bpf_ringbuf_loom))]
 mod heap {
     use super::*;
+    use crate::{Consumer, OverwriteConsumer, Producer};
     use alloc::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+    use alloc::sync::Arc;
     use core::ptr::NonNull;
 
     /// A ring in ordinary heap memory: two positions and a `2 * size` data area.
@@ -114,6 +114,141 @@ mod heap {
             Ok(ring)
         }
 
+        /// The ring as a RINGBUF: a model of the kernel's producer and this crate's
+        /// [`Consumer`], its only two endpoints, made together (as rtrb's `split`).
+        ///
+        /// ```
+        /// use bpf_ringbuf::model::{HeapRing, Wakeup};
+        ///
+        /// let (producer, mut consumer) = HeapRing::new(4096)?.split();
+        /// producer.output(b"hello", Wakeup::Adaptive).unwrap();
+        /// assert_eq!(consumer.read_owned()?.as_deref(), Some(&b"hello"[..]));
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
+        pub fn split(self) -> (KernelProducer<Arc<HeapRing>>, Consumer<Arc<HeapRing>>) {
+            let (ring, geometry) = self.shared();
+            // SAFETY: the ring was owned by value until now, so these are its only endpoints;
+            // any other needs an `unsafe` constructor (or an `unsafe` store below) whose
+            // caller takes the contracts over. The model producer writes payloads only in
+            // space the consumer handed back and only before committing; the consumer
+            // publishes only past records it has finished with. The heap is writable.
+            unsafe {
+                (
+                    KernelProducer::from_geometry(ring.clone(), geometry),
+                    Consumer::from_geometry(ring, geometry),
+                )
+            }
+        }
+
+        /// The ring as a RINGBUF in overwrite mode (`BPF_F_RB_OVERWRITE`): a model of the
+        /// kernel's overwriting producer and an [`OverwriteConsumer`], made together.
+        ///
+        /// The reader copies records while the producer may overwrite them; the producer
+        /// writes payloads with atomic word stores, so the two may run on different threads.
+        pub fn split_overwrite(
+            self,
+        ) -> (
+            KernelProducer<Arc<HeapRing>>,
+            OverwriteConsumer<Arc<HeapRing>>,
+        ) {
+            let (ring, geometry) = self.shared();
+            // SAFETY: as in `split`. The overwrite reader lends no bytes: it copies words with
+            // atomic loads and validates the copy, and in overwrite mode the producer writes
+            // payloads only with atomic word stores (`write_payload_at`), so the two racing
+            // over a record is no data race.
+            unsafe {
+                (
+                    KernelProducer::from_geometry(ring.clone(), geometry).overwriting(),
+                    OverwriteConsumer::from_geometry(ring, geometry),
+                )
+            }
+        }
+
+        /// The ring as a USER_RINGBUF: this crate's [`Producer`] and a model of the kernel's
+        /// drain, made together.
+        ///
+        /// ```
+        /// use bpf_ringbuf::model::{HeapRing, Wakeup};
+        /// use std::ops::ControlFlow;
+        ///
+        /// let (producer, drain) = HeapRing::new(4096)?.split_user();
+        /// producer.output(b"command")?;
+        /// let mut seen = Vec::new();
+        /// drain.drain(Wakeup::Adaptive, |sample| {
+        ///     seen.push(sample.to_vec());
+        ///     ControlFlow::Continue(())
+        /// })?;
+        /// assert_eq!(seen, [b"command".to_vec()]);
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
+        pub fn split_user(self) -> (Producer<Arc<HeapRing>>, KernelDrain<Arc<HeapRing>>) {
+            let (ring, geometry) = self.shared();
+            // SAFETY: as in `split`: the only producer and the only drain; the drain moves
+            // consumer_pos only past samples its callback has returned from.
+            unsafe {
+                (
+                    Producer::from_geometry(ring.clone(), geometry),
+                    KernelDrain::from_geometry(ring, geometry),
+                )
+            }
+        }
+
+        fn shared(self) -> (Arc<HeapRing>, Geometry) {
+            let geometry = Geometry::new(self.size).expect("size checked at creation");
+            (Arc::new(self), geometry)
+        }
+
+        /// Stores `value` as `consumer_pos`, as a hostile process holding the map's fd could
+        /// (tests of corrupt and hostile rings).
+        ///
+        /// # Safety
+        ///
+        /// A moved `consumer_pos` may let the producer reserve space whose bytes a reader
+        /// still lends. Until the ring's reader has recovered from the store
+        /// ([`Consumer::resume`], [`Consumer::follow`], [`Consumer::resync`]) or read past
+        /// `value`, nothing writes record payloads while a [`Batch`](crate::Batch) of the ring
+        /// lends records.
+        pub unsafe fn store_consumer_pos(&self, value: usize) {
+            self.consumer_pos.store(value, Ordering::SeqCst);
+        }
+
+        /// Stores `value` as `producer_pos`, as a second producer could.
+        ///
+        /// # Safety
+        ///
+        /// As for [`store_consumer_pos`](Self::store_consumer_pos), for `producer_pos`: until
+        /// the ring's producer has noticed ([`ReserveError::ProducerPosMoved`]) and recovered,
+        /// no reservation's payload is written while a record is lent.
+        ///
+        /// [`ReserveError::ProducerPosMoved`]: crate::ReserveError::ProducerPosMoved
+        pub unsafe fn store_producer_pos(&self, value: usize) {
+            self.producer_pos.store(value, Ordering::SeqCst);
+        }
+
+        /// Stores `value` as `overwrite_pos` (overwrite-mode tests).
+        ///
+        /// # Safety
+        ///
+        /// As for [`store_consumer_pos`](Self::store_consumer_pos).
+        pub unsafe fn store_overwrite_pos(&self, value: usize) {
+            self.overwrite_pos.store(value, Ordering::SeqCst);
+        }
+
+        /// Stores `raw` as the header word at `offset` (4-byte aligned, below the size), as a
+        /// corrupted ring could hold.
+        ///
+        /// # Safety
+        ///
+        /// No record or reservation whose bytes include the word is lent out while the store
+        /// happens, nor afterwards unless the header belongs to it.
+        ///
+        /// # Panics
+        ///
+        /// If `offset` is misaligned or outside the ring.
+        pub unsafe fn store_header(&self, offset: usize, raw: u32) {
+            self.header(offset).atomic().store(raw, Ordering::SeqCst);
+        }
+
         fn layout(&self) -> Layout {
             // Cannot fail: the same layout was built in `starting_at`.
             Layout::from_size_align(2 * self.size, 8).expect("layout checked at creation")
@@ -141,13 +276,13 @@ mod heap {
     // out-of-range offsets panic instead of reaching outside it.
     unsafe impl RingMemory for HeapRing {
         #[inline]
-        fn consumer_pos(&self) -> &AtomicUsize {
-            &self.consumer_pos
+        fn consumer_pos(&self) -> &PositionWord {
+            PositionWord::from_atomic(&self.consumer_pos)
         }
 
         #[inline]
-        fn producer_pos(&self) -> &AtomicUsize {
-            &self.producer_pos
+        fn producer_pos(&self) -> &PositionWord {
+            PositionWord::from_atomic(&self.producer_pos)
         }
 
         #[inline]
@@ -156,13 +291,15 @@ mod heap {
         }
 
         #[inline]
-        fn header(&self, offset: usize) -> &AtomicU32 {
-            assert!(offset % 4 == 0, "misaligned header offset {offset}");
-            self.check(offset, 4);
+        fn header(&self, offset: usize) -> &DataWord {
+            assert!(
+                offset % 4 == 0 && offset < self.size,
+                "header offset {offset} misaligned or outside the ring"
+            );
             // SAFETY: in bounds (checked) and 4-byte aligned (the allocation is 8-aligned);
             // the memory lives as long as `&self`, and the protocol accesses header words only
             // atomically while they can be shared.
-            unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+            unsafe { DataWord::from_ptr(self.data.as_ptr().add(offset).cast()) }
         }
 
         #[inline]
@@ -178,16 +315,16 @@ mod heap {
     // `header` and `bytes`, and panics instead of reaching outside it.
     unsafe impl OverwriteMemory for HeapRing {
         #[inline]
-        fn overwrite_pos(&self) -> &AtomicUsize {
-            &self.overwrite_pos
+        fn overwrite_pos(&self) -> &PositionWord {
+            PositionWord::from_atomic(&self.overwrite_pos)
         }
 
         #[inline]
-        fn data_word(&self, offset: usize) -> &AtomicU32 {
+        fn data_word(&self, offset: usize) -> &DataWord {
             assert!(offset % 4 == 0, "misaligned data word offset {offset}");
             self.check(offset, 4);
             // SAFETY: in bounds (checked), 4-byte aligned; the memory lives as long as `&self`.
-            unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+            unsafe { DataWord::from_ptr(self.data.as_ptr().add(offset).cast()) }
         }
     }
 
@@ -203,11 +340,6 @@ mod heap {
     }
 }
 
-/// `a` is strictly before `b` (positions compared across the wrap).
-fn is_before(a: usize, b: usize) -> bool {
-    (b.wrapping_sub(a) as isize) > 0
-}
-
 /// How a commit asks the kernel to notify the consumer (`BPF_RB_*` flags of
 /// `bpf_ringbuf_submit`/`_discard`/`_output`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -221,16 +353,22 @@ pub enum Wakeup {
     Force,
 }
 
-/// A record reserved in the ring by [`KernelProducer::reserve`], BUSY until committed or
-/// discarded.
-#[derive(Debug)]
-#[must_use = "a reservation left uncommitted blocks every record after it"]
-pub struct Reservation {
+/// A record reserved in the ring by [`KernelProducer::reserve`], BUSY until
+/// [submitted](Reservation::submit) or [discarded](Reservation::discard) (dropping it
+/// discards it). It borrows the producer that made it, so it cannot be committed through
+/// another one.
+///
+/// The payload is written with [`write`](Reservation::write) and [`fill`](Reservation::fill),
+/// never lent as `&mut [u8]`: in overwrite mode a reader may copy these bytes while they are
+/// written, so there the writes are atomic word stores.
+#[must_use = "dropping a reservation discards it"]
+pub struct Reservation<'p, M: RingMemoryMut> {
+    producer: &'p KernelProducer<M>,
     position: usize,
     len: usize,
 }
 
-impl Reservation {
+impl<M: RingMemoryMut> Reservation<'_, M> {
     /// Ring position of the record's header.
     pub fn position(&self) -> usize {
         self.position
@@ -245,6 +383,68 @@ impl Reservation {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Copies `data` to the start of the payload (what a BPF program's stores into the record
+    /// do).
+    ///
+    /// # Panics
+    ///
+    /// If `data` is longer than the payload.
+    pub fn write(&mut self, data: &[u8]) {
+        assert!(
+            data.len() <= self.len,
+            "{} bytes do not fit a {}-byte reservation",
+            data.len(),
+            self.len
+        );
+        self.producer.write_payload(self.position, data);
+    }
+
+    /// Sets every payload byte to `byte`.
+    pub fn fill(&mut self, byte: u8) {
+        for start in (0..self.len).step_by(256) {
+            let chunk = [byte; 256];
+            let end = (start + 256).min(self.len);
+            self.producer
+                .write_payload_at(self.position, start, &chunk[..end - start]);
+        }
+    }
+
+    /// `bpf_ringbuf_submit`: commits the record; returns whether the consumer was woken.
+    pub fn submit(self, wakeup: Wakeup) -> bool {
+        let this = core::mem::ManuallyDrop::new(self);
+        this.producer.commit(this.position, this.len, wakeup, false)
+    }
+
+    /// `bpf_ringbuf_discard`: commits the record as discarded; returns whether the consumer
+    /// was woken.
+    pub fn discard(self, wakeup: Wakeup) -> bool {
+        let this = core::mem::ManuallyDrop::new(self);
+        this.producer.commit(this.position, this.len, wakeup, true)
+    }
+}
+
+impl<M: RingMemoryMut> Drop for Reservation<'_, M> {
+    fn drop(&mut self) {
+        self.producer
+            .commit(self.position, self.len, Wakeup::Adaptive, true);
+    }
+}
+
+impl<M: RingMemoryMut> core::fmt::Debug for Reservation<'_, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("position", &self.position)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// How an overwrite-mode [`KernelProducer`] reaches its memory's [`OverwriteMemory`] words
+/// (the producer type itself needs only [`RingMemoryMut`]).
+struct OverwriteWords<M> {
+    overwrite_pos: fn(&M) -> &PositionWord,
+    data_word: fn(&M, usize) -> &DataWord,
 }
 
 /// A model of the kernel side of a RINGBUF: `bpf_ringbuf_reserve`, `_submit`, `_discard` and
@@ -261,8 +461,8 @@ pub struct KernelProducer<M: RingMemoryMut> {
     pending_pos: AtomicUsize,
     /// Number of wakeups the model decided on (`irq_work_queue` calls).
     wakeups: AtomicUsize,
-    /// Overwrite mode (`BPF_F_RB_OVERWRITE`): how to reach `overwrite_pos` in the memory.
-    overwrite_pos: Option<fn(&M) -> &AtomicUsize>,
+    /// Overwrite mode (`BPF_F_RB_OVERWRITE`): how to reach the memory's overwrite-mode words.
+    overwrite: Option<OverwriteWords<M>>,
 }
 
 impl<M: RingMemoryMut> KernelProducer<M> {
@@ -291,15 +491,25 @@ impl<M: RingMemoryMut> KernelProducer<M> {
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
     pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
-        let pending = memory.producer_pos().load(Ordering::Relaxed);
-        Ok(Self {
+        // SAFETY: the caller upholds the contract, which is `from_geometry`'s.
+        Ok(unsafe { Self::from_geometry(memory, geometry) })
+    }
+
+    /// [`KernelProducer::new`] for memory whose size is known to be valid.
+    ///
+    /// # Safety
+    ///
+    /// As for [`KernelProducer::new`], and `geometry` is `Geometry::new(memory.size())`.
+    pub(crate) unsafe fn from_geometry(memory: M, geometry: Geometry) -> Self {
+        let pending = memory.producer_pos().atomic().load(Ordering::Relaxed);
+        Self {
             memory,
             geometry,
             lock: AtomicBool::new(false),
             pending_pos: AtomicUsize::new(pending),
             wakeups: AtomicUsize::new(0),
-            overwrite_pos: None,
-        })
+            overwrite: None,
+        }
     }
 
     /// The memory this producer writes.
@@ -309,7 +519,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
 
     /// Whether this producer overwrites the oldest records when the ring is full.
     pub fn is_overwrite(&self) -> bool {
-        self.overwrite_pos.is_some()
+        self.overwrite.is_some()
     }
 
     /// How many times a commit decided to wake the consumer.
@@ -319,7 +529,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
 
     /// `bpf_ringbuf_reserve`: reserves a `len`-byte record, or `None` when the ring has no
     /// room (or `len` is larger than the kernel allows).
-    pub fn reserve(&self, len: usize) -> Option<Reservation> {
+    pub fn reserve(&self, len: usize) -> Option<Reservation<'_, M>> {
         if len > MAX_RECORD_LEN as usize {
             return None;
         }
@@ -329,7 +539,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         }
         // Acquire: the kernel's smp_load_acquire(&rb->consumer_pos), pairing with the
         // consumer's store-release: the consumer is done with the space it handed back.
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        let consumer_pos = self.memory.consumer_pos().atomic().load(Ordering::Acquire);
         while self
             .lock
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -338,17 +548,18 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             spin_loop();
         }
         // Under the lock, producer_pos has no other writer.
-        let producer_pos = self.memory.producer_pos().load(Ordering::Relaxed);
+        let producer_pos = self.memory.producer_pos().atomic().load(Ordering::Relaxed);
         let mut pending_pos = self.pending_pos.load(Ordering::Relaxed);
         // (A loom negative control leaves this walk, and the check it feeds, out.)
         let guard_pending = !weakened(SyncPoint::KernelPendingPos);
         // `pend_pos < prod_pos` in the kernel; compared across the wrap here, so that a corrupt
         // header that jumps past producer_pos ends the walk instead of running around the ring.
-        while guard_pending && is_before(pending_pos, producer_pos) {
+        while guard_pending && is_after(producer_pos, pending_pos) {
             let offset = self.geometry.offset(pending_pos);
             // Relaxed: READ_ONCE(hdr->len) in __bpf_ringbuf_reserve; only decides whether
             // the space may be reused, never reads the payload.
-            let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Relaxed));
+            let header =
+                RecordHeader::from_raw(self.memory.header(offset).atomic().load(Ordering::Relaxed));
             if header.is_busy() {
                 break;
             }
@@ -360,41 +571,45 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         // bpf_ringbuf_has_space: the reserved-but-uncommitted span must fit; outside overwrite
         // mode, so must everything the consumer has not read.
         let reservation = if (guard_pending && distance(pending_pos, new_producer_pos) > mask)
-            || (self.overwrite_pos.is_none() && distance(consumer_pos, new_producer_pos) > mask)
+            || (self.overwrite.is_none() && distance(consumer_pos, new_producer_pos) > mask)
         {
             None
         } else {
-            if let Some(overwrite_pos) = self.overwrite_pos {
+            if let Some(overwrite) = &self.overwrite {
                 // Overwrite mode: move overwrite_pos forward over whole records until the new
                 // one fits. They are all committed (pending_pos is past them, checked above).
-                let overwrite_pos = overwrite_pos(&self.memory);
-                let mut position = overwrite_pos.load(Ordering::Relaxed);
+                let overwrite_pos = (overwrite.overwrite_pos)(&self.memory);
+                let mut position = overwrite_pos.atomic().load(Ordering::Relaxed);
                 while distance(position, new_producer_pos) > mask
-                    && is_before(position, new_producer_pos)
+                    && is_after(new_producer_pos, position)
                 {
                     let offset = self.geometry.offset(position);
-                    let header =
-                        RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Relaxed));
+                    let header = RecordHeader::from_raw(
+                        self.memory.header(offset).atomic().load(Ordering::Relaxed),
+                    );
                     position = position.wrapping_add(header.record_size());
                 }
                 // WRITE_ONCE(rb->overwrite_pos): ordered before readers see the reservation by
                 // the store-release of producer_pos below, and before the new record's bytes.
                 // Release models x86 (TSO), where every store is a release store: a reader
                 // that sees this value also sees the earlier reservations' producer_pos.
-                overwrite_pos.store(position, Ordering::Release);
+                overwrite_pos.atomic().store(position, Ordering::Release);
             }
             let offset = self.geometry.offset(producer_pos);
             // The payload length fits in 30 bits: checked against MAX_RECORD_LEN above.
             let header = RecordHeader::busy(len as u32);
             self.memory
                 .header(offset)
+                .atomic()
                 .store(header.raw(), Ordering::Relaxed);
             // Release: smp_store_release(&rb->producer_pos); pairs with the consumer's
             // load-acquire, which then sees the BUSY header written above.
             self.memory
                 .producer_pos()
+                .atomic()
                 .store(new_producer_pos, Ordering::Release);
             Some(Reservation {
+                producer: self,
                 position: producer_pos,
                 len,
             })
@@ -403,35 +618,41 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         reservation
     }
 
-    /// The payload of a reservation, to fill before committing it.
-    pub fn payload<'a>(&'a self, reservation: &'a mut Reservation) -> &'a mut [u8] {
-        let offset = self.geometry.offset(reservation.position) + HEADER_SIZE;
-        // SAFETY: the record lies inside the ring (`record_size <= size` at reserve), so
-        // `offset + len <= 2 * size`. The space was reserved for this `Reservation` alone and
-        // nobody reads it while it is BUSY; `&mut Reservation` makes the borrow exclusive.
-        unsafe { self.memory.bytes_mut(offset, reservation.len) }
+    /// `bpf_ringbuf_output`: reserve, copy, submit. `None` when the ring has no room.
+    pub fn output(&self, data: &[u8], wakeup: Wakeup) -> Option<bool> {
+        let mut reservation = self.reserve(data.len())?;
+        reservation.write(data);
+        Some(reservation.submit(wakeup))
     }
 
-    /// `bpf_ringbuf_submit`: commits the record; returns whether the consumer was woken.
-    pub fn submit(&self, reservation: Reservation, wakeup: Wakeup) -> bool {
-        self.commit(reservation, wakeup, false)
+    /// Writes `data` into the payload of the record at `position`.
+    fn write_payload(&self, position: usize, data: &[u8]) {
+        self.write_payload_at(position, 0, data);
     }
 
-    /// `bpf_ringbuf_discard`: commits the record as discarded; returns whether the consumer
-    /// was woken.
-    pub fn discard(&self, reservation: Reservation, wakeup: Wakeup) -> bool {
-        self.commit(reservation, wakeup, true)
+    /// Writes `data` at byte `start` of the payload of the record at `position` (a
+    /// reservation of this producer; `start + data.len()` within its length).
+    fn write_payload_at(&self, position: usize, start: usize, data: &[u8]) {
+        let payload = self.geometry.offset(position) + HEADER_SIZE + start;
+        if let Some(overwrite) = &self.overwrite {
+            // Overwrite mode: a reader may copy these bytes while they are written, so they
+            // are written with atomic word stores. Stores are whole words from `start`
+            // (a multiple of 4 here: `fill` steps by 256), padding the last one with zeros,
+            // which stay inside the record (its size is rounded up to 8).
+            debug_assert!(start % 4 == 0);
+            self.store_words(overwrite, payload, data);
+        } else {
+            // SAFETY: the record lies inside the ring (`record_size <= size` at reserve), so
+            // `payload + data.len() <= 2 * size`. The space was reserved for the one
+            // `Reservation` calling this, through `&mut self`, and nobody reads it while it
+            // is BUSY (outside overwrite mode no reader looks at a BUSY record's payload);
+            // the slice does not outlive this call.
+            unsafe { self.memory.bytes_mut(payload, data.len()) }.copy_from_slice(data);
+        }
     }
 
-    /// `bpf_ringbuf_output` for a ring whose readers may race with the writer (overwrite
-    /// mode): copies `data` into the record with atomic word stores instead of through a
-    /// `&mut [u8]`, so a concurrent copy-then-validate reader is no data race.
-    pub fn output_atomic(&self, data: &[u8], wakeup: Wakeup) -> Option<bool>
-    where
-        M: OverwriteMemory,
-    {
-        let reservation = self.reserve(data.len())?;
-        let start = self.geometry.offset(reservation.position) + HEADER_SIZE;
+    /// Atomic word stores of `data` from byte `payload` of the data area.
+    fn store_words(&self, overwrite: &OverwriteWords<M>, payload: usize, data: &[u8]) {
         for (index, chunk) in data.chunks(4).enumerate() {
             let mut word = [0u8; 4];
             word[..chunk.len()].copy_from_slice(chunk);
@@ -441,24 +662,19 @@ impl<M: RingMemoryMut> KernelProducer<M> {
             // __bpf_ringbuf_reserve), which the overwrite reader's validation needs. On
             // weakly ordered CPUs the kernel has no write barrier there; the loom control
             // `KernelPayloadStoreTso` makes these Relaxed and shows torn copies pass.
-            self.memory.data_word(start + 4 * index).store(
-                u32::from_ne_bytes(word),
-                ordering(SyncPoint::KernelPayloadStoreTso, Ordering::Release),
-            );
+            (overwrite.data_word)(&self.memory, payload + 4 * index)
+                .atomic()
+                .store(
+                    u32::from_ne_bytes(word),
+                    ordering(SyncPoint::KernelPayloadStoreTso, Ordering::Release),
+                );
         }
-        Some(self.submit(reservation, wakeup))
     }
 
-    /// `bpf_ringbuf_output`: reserve, copy, submit. `None` when the ring has no room.
-    pub fn output(&self, data: &[u8], wakeup: Wakeup) -> Option<bool> {
-        let mut reservation = self.reserve(data.len())?;
-        self.payload(&mut reservation).copy_from_slice(data);
-        Some(self.submit(reservation, wakeup))
-    }
-
-    fn commit(&self, reservation: Reservation, wakeup: Wakeup, discard: bool) -> bool {
-        let offset = self.geometry.offset(reservation.position);
-        let len = reservation.len as u32;
+    fn commit(&self, position: usize, len: usize, wakeup: Wakeup, discard: bool) -> bool {
+        let offset = self.geometry.offset(position);
+        // The length was checked against MAX_RECORD_LEN at reserve.
+        let len = len as u32;
         let header = if discard {
             RecordHeader::discarded(len)
         } else {
@@ -467,7 +683,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         // xchg(&hdr->len, new_len): a fully ordered RMW. AcqRel publishes the payload to the
         // consumer's load-acquire of the header; the fence makes it a full barrier against
         // the consumer_pos load below, as the kernel's xchg is.
-        self.memory.header(offset).swap(
+        self.memory.header(offset).atomic().swap(
             header.raw(),
             ordering(SyncPoint::KernelCommit, Ordering::AcqRel),
         );
@@ -475,7 +691,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         // smp_load_acquire(&rb->consumer_pos) & rb->mask, compared with the record's offset.
         let consumer_offset = self
             .geometry
-            .offset(self.memory.consumer_pos().load(Ordering::Acquire));
+            .offset(self.memory.consumer_pos().atomic().load(Ordering::Acquire));
         let wake = match wakeup {
             Wakeup::Force => true,
             Wakeup::Never => false,
@@ -491,23 +707,31 @@ impl<M: RingMemoryMut> KernelProducer<M> {
 impl<M: RingMemoryMut + OverwriteMemory> KernelProducer<M> {
     /// A producer for a ring in overwrite mode (`BPF_F_RB_OVERWRITE`, Linux 6.19+): when the
     /// ring is full, reservations advance `overwrite_pos` over the oldest committed records
-    /// instead of failing; they fail only while uncommitted records fill the ring.
+    /// instead of failing; they fail only while uncommitted records fill the ring. Payloads
+    /// are written with atomic word stores, since readers copy records the producer may be
+    /// overwriting.
+    ///
+    /// [`HeapRing::split_overwrite`] makes one with its reader, safely.
     ///
     /// # Safety
     ///
-    /// As for [`KernelProducer::new`], and: readers of an overwrite-mode ring copy records
-    /// while the producer may overwrite them, so while a reader may be running, payloads are
-    /// written only with [`KernelProducer::output_atomic`] (never through
-    /// [`KernelProducer::payload`] or [`KernelProducer::output`]).
+    /// As for [`KernelProducer::new`].
     ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
     pub unsafe fn new_overwrite(memory: M) -> Result<Self, GeometryError> {
-        // SAFETY: the caller upholds `new`'s contract, which this one includes.
-        let mut producer = unsafe { Self::new(memory)? };
-        producer.overwrite_pos = Some(|memory: &M| memory.overwrite_pos());
-        Ok(producer)
+        // SAFETY: the caller upholds `new`'s contract.
+        Ok(unsafe { Self::new(memory)? }.overwriting())
+    }
+
+    /// This producer, in overwrite mode.
+    pub(crate) fn overwriting(mut self) -> Self {
+        self.overwrite = Some(OverwriteWords {
+            overwrite_pos: |memory: &M| memory.overwrite_pos(),
+            data_word: |memory: &M, offset| memory.data_word(offset),
+        });
+        self
     }
 }
 
@@ -628,19 +852,38 @@ pub struct KernelDrain<M: RingMemory> {
 }
 
 impl<M: RingMemory> KernelDrain<M> {
-    /// A drain for the ring in `memory`.
+    /// A drain for the ring in `memory`. [`HeapRing::split_user`] makes one with its
+    /// producer, safely.
+    ///
+    /// # Safety
+    ///
+    /// The drain lends samples to its callback as `&[u8]` and then moves `consumer_pos` past
+    /// them. For as long as it lives it is the only reader of the ring (the only code storing
+    /// to `consumer_pos`), and the producer writes a sample's bytes only in space
+    /// `consumer_pos` handed back, before committing it (what [`Producer`](crate::Producer)
+    /// does).
     ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
-        Ok(Self {
+        // SAFETY: the caller upholds the contract, which is `from_geometry`'s.
+        Ok(unsafe { Self::from_geometry(memory, geometry) })
+    }
+
+    /// [`KernelDrain::new`] for memory whose size is known to be valid.
+    ///
+    /// # Safety
+    ///
+    /// As for [`KernelDrain::new`], and `geometry` is `Geometry::new(memory.size())`.
+    pub(crate) unsafe fn from_geometry(memory: M, geometry: Geometry) -> Self {
+        Self {
             memory,
             geometry,
             busy: AtomicBool::new(false),
             wakeups: AtomicUsize::new(0),
-        })
+        }
     }
 
     /// The memory this drain reads.
@@ -724,12 +967,12 @@ impl<M: RingMemory> KernelDrain<M> {
     fn peek(&self) -> Result<Peek, DrainError> {
         // Acquire: smp_load_acquire(&rb->producer_pos), pairs with the user-space producer's
         // store-release, so the header written before it is visible.
-        let producer_pos = self.memory.producer_pos().load(Ordering::Acquire);
+        let producer_pos = self.memory.producer_pos().atomic().load(Ordering::Acquire);
         if producer_pos % 8 != 0 {
             return Err(DrainError::MisalignedProducerPos { producer_pos });
         }
         // Acquire: our own earlier store-release; only one drain runs at a time.
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        let consumer_pos = self.memory.consumer_pos().atomic().load(Ordering::Acquire);
         let available = distance(consumer_pos, producer_pos);
         // The kernel: `cons_pos >= prod_pos` on raw u64 values (see the type's docs).
         if available == 0 || available > usize::MAX / 2 {
@@ -741,7 +984,8 @@ impl<M: RingMemory> KernelDrain<M> {
         let offset = self.geometry.offset(consumer_pos);
         // Acquire: smp_load_acquire(hdr), pairs with the producer's release exchange at
         // commit, which published the payload.
-        let header = RecordHeader::from_raw(self.memory.header(offset).load(Ordering::Acquire));
+        let header =
+            RecordHeader::from_raw(self.memory.header(offset).atomic().load(Ordering::Acquire));
         let len = header.len();
         let size = header.record_size();
         if size > available {
@@ -764,6 +1008,7 @@ impl<M: RingMemory> KernelDrain<M> {
             // load-acquire of consumer_pos: it may reuse the space.
             self.memory
                 .consumer_pos()
+                .atomic()
                 .store(consumer_pos.wrapping_add(size), Ordering::Release);
             return Ok(Peek::Discarded);
         }
@@ -782,10 +1027,10 @@ impl<M: RingMemory> KernelDrain<M> {
     /// `__bpf_user_ringbuf_sample_release`: moves `consumer_pos` past the sample.
     fn release(&self, len: usize) {
         // Relaxed: only the drain holding `busy` writes consumer_pos.
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Relaxed);
+        let consumer_pos = self.memory.consumer_pos().atomic().load(Ordering::Relaxed);
         // Release: smp_store_release(&rb->consumer_pos, ...), pairs with the producer's
         // load-acquire: the callback has finished reading the sample.
-        self.memory.consumer_pos().store(
+        self.memory.consumer_pos().atomic().store(
             consumer_pos.wrapping_add(record_size(len)),
             Ordering::Release,
         );

@@ -32,9 +32,9 @@
 
 use core::ops::ControlFlow;
 
-use crate::consumer::Positions;
+use crate::consumer::{Positions, Readiness};
 use crate::error::{GeometryError, ReadError};
-use crate::geometry::{distance, Geometry};
+use crate::geometry::{distance, is_after, Geometry};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::OverwriteMemory;
 use crate::sync::atomic::{fence, Ordering};
@@ -85,17 +85,13 @@ enum Copy {
 /// # Examples
 ///
 /// ```
-/// use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-/// use bpf_ringbuf::OverwriteConsumer;
-/// use std::sync::Arc;
+/// use bpf_ringbuf::model::{HeapRing, Wakeup};
 ///
-/// let ring = Arc::new(HeapRing::new(64)?);
-/// // SAFETY: the only writer of this ring; its one reader publishes only what it has read, and payloads written while it may run go through output_atomic.
-/// let producer = unsafe { KernelProducer::new_overwrite(ring.clone()) }?;
+/// // An overwrite-mode ring with its producer (a model of the kernel's) and reader.
+/// let (producer, mut reader) = HeapRing::new(64)?.split_overwrite();
 /// for i in 0..10u8 {
 ///     producer.output(&[i; 8], Wakeup::Adaptive).unwrap(); // never refused
 /// }
-/// let mut reader = OverwriteConsumer::new(ring)?;
 /// // The newest records, oldest first: 64 bytes hold three 16-byte records.
 /// let records = reader.snapshot_vec()?;
 /// assert_eq!(records, [[7u8; 8], [8; 8], [9; 8]]);
@@ -104,28 +100,51 @@ enum Copy {
 pub struct OverwriteConsumer<M: OverwriteMemory> {
     memory: M,
     geometry: Geometry,
+    /// The `consumer_pos` this reader published last (or found when it was created); the
+    /// shared word differs only when someone else wrote it ([`ReadError::ConsumerPosMoved`]).
+    cursor: usize,
     stats: OverwriteStats,
 }
 
-/// `a` is strictly after `b` (positions compared across the wrap).
-#[inline]
-fn is_after(a: usize, b: usize) -> bool {
-    (a.wrapping_sub(b) as isize) > 0
-}
-
 impl<M: OverwriteMemory> OverwriteConsumer<M> {
-    /// A reader of the overwrite-mode ring in `memory`.
+    /// A reader of the overwrite-mode ring in `memory`, starting at its current
+    /// `consumer_pos`.
+    ///
+    /// [`OverwriteRingBuf`](crate::OverwriteRingBuf) makes one for you, safely, and
+    /// [`HeapRing::split_overwrite`](crate::model::HeapRing::split_overwrite) makes a model
+    /// ring with its reader; this constructor is for memory you bring yourself.
+    ///
+    /// # Safety
+    ///
+    /// For as long as the reader lives it is the only reader of this ring in this process (no
+    /// other `OverwriteConsumer` or [`Consumer`](crate::Consumer) over the same memory, no other
+    /// code storing to `consumer_pos`), and `consumer_pos` is writable memory. (It lends no
+    /// record bytes, so a producer racing with it is not a soundness question: torn copies are
+    /// detected and dropped.)
     ///
     /// # Errors
     ///
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
-    pub fn new(memory: M) -> Result<Self, GeometryError> {
+    pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
-        Ok(Self {
+        // SAFETY: the caller upholds the contract, which is `from_geometry`'s.
+        Ok(unsafe { Self::from_geometry(memory, geometry) })
+    }
+
+    /// [`OverwriteConsumer::new`] for memory whose size is known to be valid.
+    ///
+    /// # Safety
+    ///
+    /// As for [`OverwriteConsumer::new`], and `geometry` is `Geometry::new(memory.size())`.
+    pub(crate) unsafe fn from_geometry(memory: M, geometry: Geometry) -> Self {
+        // Acquire: pairs with a previous reader's store-release.
+        let cursor = memory.consumer_pos().load_acquire();
+        Self {
             memory,
             geometry,
+            cursor,
             stats: OverwriteStats::default(),
-        })
+        }
     }
 
     /// The memory this reader reads.
@@ -138,11 +157,18 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         self.stats
     }
 
-    /// `consumer_pos` and `producer_pos`, as they are now.
+    /// The `consumer_pos` this reader published last (see [`Consumer::cursor`]).
+    ///
+    /// [`Consumer::cursor`]: crate::Consumer::cursor
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// `consumer_pos` and `producer_pos`, as the ring's shared words hold them now.
     pub fn positions(&self) -> Positions {
         Positions {
-            // Acquire: pairs with our own (or a previous reader's) store-release.
-            consumer: self.memory.consumer_pos().load(Ordering::Acquire),
+            // Relaxed: only compared with our cursor.
+            consumer: self.memory.consumer_pos().load_relaxed(),
             // Acquire: pairs with smp_store_release(&rb->producer_pos) in __bpf_ringbuf_reserve.
             producer: load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad),
         }
@@ -159,11 +185,24 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
     ///
     /// # Errors
     ///
-    /// [`ReadError::ConsumerAhead`] if `consumer_pos` is ahead of `producer_pos`.
+    /// [`ReadError::ConsumerPosMoved`] if someone else wrote `consumer_pos`;
+    /// [`ReadError::ConsumerAhead`] if it is ahead of `producer_pos`.
     pub fn available(&self) -> Result<usize, ReadError> {
-        let consumer = self.memory.consumer_pos().load(Ordering::Acquire);
-        self.window(consumer)
+        self.check_cursor()?;
+        self.window(self.cursor)
             .map(|w| distance(w.start, w.producer_pos))
+    }
+
+    /// Whether the shared `consumer_pos` still holds our cursor.
+    fn check_cursor(&self) -> Result<(), ReadError> {
+        let found = self.memory.consumer_pos().load_relaxed();
+        if found != self.cursor {
+            return Err(ReadError::ConsumerPosMoved {
+                expected: self.cursor,
+                found,
+            });
+        }
+        Ok(())
     }
 
     /// The positions a read goes between, starting no earlier than `from`.
@@ -196,9 +235,7 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
             });
         }
         if start % 8 != 0 {
-            return Err(ReadError::MisalignedPosition {
-                consumer_pos: start,
-            });
+            return Err(ReadError::MisalignedPosition { position: start });
         }
         Ok(Window {
             start,
@@ -209,8 +246,35 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
     /// Whether the record at `position` may have been overwritten; if so, where overwrite_pos is.
     #[inline]
     fn overwritten(&self, position: usize) -> Option<usize> {
-        let overwrite_pos = self.memory.overwrite_pos().load(Ordering::Relaxed);
+        let overwrite_pos = self.memory.overwrite_pos().load_relaxed();
         is_after(overwrite_pos, position).then_some(overwrite_pos)
+    }
+
+    /// Where to go on after the producer overwrote the record at `position`: `resume`, the
+    /// `overwrite_pos` found, if it is an aligned position within one ring size of
+    /// `producer_pos` (the kernel keeps it so); otherwise the ring is corrupt.
+    fn resume_at(&self, resume: usize) -> Result<usize, ReadError> {
+        if resume % 8 != 0 {
+            return Err(ReadError::MisalignedPosition { position: resume });
+        }
+        // The reservation that moved overwrite_pos releases producer_pos after it: a few
+        // fresh looks find that producer_pos unless the word is corrupt (as in `window`).
+        let mut producer_pos =
+            load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
+        for _ in 0..4 {
+            if !is_after(resume, producer_pos) {
+                break;
+            }
+            producer_pos =
+                load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
+        }
+        if is_after(resume, producer_pos) || distance(resume, producer_pos) > self.geometry.size() {
+            return Err(ReadError::ConsumerAhead {
+                consumer_pos: resume,
+                producer_pos,
+            });
+        }
+        Ok(resume)
     }
 
     /// Copies the record at `position` into `buf` and validates the copy.
@@ -267,7 +331,7 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
             let word = self
                 .memory
                 .data_word(payload + 4 * index)
-                .load(Ordering::Relaxed)
+                .load_relaxed()
                 .to_ne_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
@@ -286,13 +350,29 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         }
     }
 
-    /// Publishes `position` as `consumer_pos`.
-    fn publish(&self, position: usize) {
-        // Release: pairs with smp_load_acquire(&rb->consumer_pos) in bpf_ringbuf_commit's
-        // wakeup check and in ringbuf_avail_data_sz (poll readiness).
+    /// Publishes `position` as `consumer_pos`, moving on from our cursor; as
+    /// `Consumer::publish`, a compare-exchange that leaves a write by someone else in place
+    /// for the next read to report.
+    fn publish(&mut self, position: usize) {
+        // Release (on success): pairs with smp_load_acquire(&rb->consumer_pos) in
+        // bpf_ringbuf_commit's wakeup check and in ringbuf_avail_data_sz (poll readiness).
+        let _ = self.memory.consumer_pos().atomic().compare_exchange(
+            self.cursor,
+            position,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+        self.cursor = position;
+    }
+
+    /// Stores `position` as `consumer_pos` and makes it our cursor (the recovery verbs).
+    fn store_cursor(&mut self, position: usize) {
+        // Release: as in `publish`.
         self.memory
             .consumer_pos()
+            .atomic()
             .store(position, Ordering::Release);
+        self.cursor = position;
     }
 
     /// Copies the oldest record not yet read (and not overwritten) into `buf` and consumes it;
@@ -304,9 +384,10 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
     /// [`ReadError::BufferTooSmall`] if the record does not fit (it stays in the ring), or a
     /// ring-corruption [`ReadError`].
     pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
+        self.check_cursor()?;
+        let consumer_pos = self.cursor;
         let window = self.window(consumer_pos)?;
-        self.stats.lost_bytes += distance(consumer_pos, window.start) as u64;
+        self.add_lost(distance(consumer_pos, window.start));
         let mut position = window.start;
         let result = loop {
             match self.copy(position, window.producer_pos, buf) {
@@ -319,8 +400,12 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
                     break Ok(Some(len));
                 }
                 Copy::Overwritten(resume) => {
+                    let resume = match self.resume_at(resume) {
+                        Ok(resume) => resume,
+                        Err(error) => break Err(error),
+                    };
                     self.stats.torn_records += 1;
-                    self.stats.lost_bytes += distance(position, resume) as u64;
+                    self.add_lost(distance(position, resume));
                     if is_after(resume, window.producer_pos) {
                         // The producer lapped us while we read: start over from a fresh window
                         // on the next call.
@@ -403,6 +488,7 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
                     position = next;
                 }
                 Copy::Overwritten(resume) => {
+                    let resume = self.resume_at(resume)?;
                     if is_after(resume, window.producer_pos) {
                         return Ok(delivered);
                     }
@@ -433,26 +519,50 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         Ok(records)
     }
 
-    /// Moves `consumer_pos` to `producer_pos`, dropping everything unread; returns the bytes
-    /// skipped.
-    pub fn resync(&mut self) -> usize {
-        let positions = self.positions();
-        self.publish(positions.producer);
-        distance(positions.consumer, positions.producer)
+    /// Counts `bytes` more as lost; saturating, since a cursor far behind `overwrite_pos`
+    /// (after a long sleep) can stand for more bytes than a `u64` counts.
+    fn add_lost(&mut self, bytes: usize) {
+        self.stats.lost_bytes = self.stats.lost_bytes.saturating_add(bytes as u64);
     }
 
-    /// The check to make right before sleeping until the kernel signals: returns whether a
-    /// record is ready to read (or the ring is corrupt, which a read reports).
+    /// After [`ReadError::ConsumerPosMoved`]: publishes this reader's own cursor again and
+    /// continues from it (records overwritten meanwhile are skipped and counted lost, as
+    /// always in overwrite mode).
+    pub fn resume(&mut self) {
+        self.store_cursor(self.cursor);
+    }
+
+    /// After [`ReadError::ConsumerPosMoved`]: adopts the `consumer_pos` the other writer stored.
+    pub fn follow(&mut self) {
+        // Acquire: pairs with the other writer's store-release.
+        self.cursor = self.memory.consumer_pos().load_acquire();
+    }
+
+    /// Moves `consumer_pos` and this reader's cursor to `producer_pos`, dropping everything
+    /// unread; returns the bytes skipped from the cursor, at most the ring size (the most the
+    /// ring holds).
+    pub fn resync(&mut self) -> usize {
+        let producer = load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
+        let skipped = distance(self.cursor, producer).min(self.geometry.size());
+        self.store_cursor(producer);
+        skipped
+    }
+
+    /// The check to make right before sleeping until the kernel signals: whether a record is
+    /// ready to read (or the ring is corrupt, which a read reports), as
+    /// [`Consumer::check_before_sleep`](crate::Consumer::check_before_sleep) returns it.
     ///
-    /// As [`Consumer::check_before_sleep`](crate::Consumer::check_before_sleep), with one more
-    /// step: the kernel wakes a sleeper only when it commits the record at the published
-    /// `consumer_pos`, so a reader that was lapped first publishes `max(consumer_pos,
-    /// overwrite_pos)` (counting what it lost), or it would sleep past every later record.
-    pub fn check_before_sleep(&mut self) -> bool {
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
-        if let Ok(window) = self.window(consumer_pos) {
-            if window.start != consumer_pos {
-                self.stats.lost_bytes += distance(consumer_pos, window.start) as u64;
+    /// It takes one more step: the kernel wakes a sleeper only when it commits the record at
+    /// the published `consumer_pos`, so a reader that was lapped first publishes
+    /// `max(consumer_pos, overwrite_pos)` (counting what it lost), or it would sleep past every
+    /// later record.
+    pub fn check_before_sleep(&mut self) -> Readiness {
+        if self.check_cursor().is_err() {
+            return Readiness::Readable;
+        }
+        if let Ok(window) = self.window(self.cursor) {
+            if window.start != self.cursor {
+                self.add_lost(distance(self.cursor, window.start));
                 self.publish(window.start);
             }
         }
@@ -460,18 +570,24 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         // Consumer::check_before_sleep: either we see the commit below, or the kernel sees the
         // consumer_pos published above and wakes us.
         fence(Ordering::SeqCst);
-        let consumer_pos = self.memory.consumer_pos().load(Ordering::Acquire);
-        match self.window(consumer_pos) {
-            Err(_) => true,
-            Ok(window) if window.start == window.producer_pos => false,
+        if self.check_cursor().is_err() {
+            return Readiness::Readable;
+        }
+        match self.window(self.cursor) {
+            Err(_) => Readiness::Readable,
+            Ok(window) if window.start == window.producer_pos => Readiness::Empty,
             Ok(window) => {
                 let offset = self.geometry.offset(window.start);
                 // Acquire: pairs with the xchg() in bpf_ringbuf_commit.
-                !RecordHeader::from_raw(load_acquire_u32(
+                let header = RecordHeader::from_raw(load_acquire_u32(
                     self.memory.header(offset),
                     SyncPoint::HeaderLoad,
-                ))
-                .is_busy()
+                ));
+                if header.is_busy() {
+                    Readiness::HeadBusy
+                } else {
+                    Readiness::Readable
+                }
             }
         }
     }

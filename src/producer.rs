@@ -28,14 +28,12 @@
 //! threads (it can be moved to another thread), and every reservation borrows it.
 //!
 //! ```
-//! use bpf_ringbuf::model::{HeapRing, KernelDrain, Wakeup};
-//! use bpf_ringbuf::Producer;
+//! use bpf_ringbuf::model::{HeapRing, Wakeup};
 //! use std::ops::ControlFlow;
-//! use std::sync::Arc;
 //!
-//! let ring = Arc::new(HeapRing::new(4096)?);
-//! // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
-//! let producer = unsafe { Producer::new(ring.clone()) }?;
+//! // A USER_RINGBUF with its two endpoints: this crate's producer, a model of the kernel's
+//! // drain.
+//! let (producer, drain) = HeapRing::new(4096)?.split_user();
 //! let mut first = producer.reserve(5)?;
 //! let second = producer.reserve(3)?;
 //! first.copy_from_slice(b"hello");
@@ -44,7 +42,6 @@
 //! producer.output(b"world")?;
 //!
 //! // The kernel side (modelled here) sees the submitted samples, in order.
-//! let drain = KernelDrain::new(ring)?;
 //! let mut samples = Vec::new();
 //! let drained = drain.drain(Wakeup::Adaptive, |sample| {
 //!     samples.push(sample.to_vec());
@@ -106,7 +103,7 @@ pub enum ReserveError {
     },
     /// `producer_pos` is not what this producer published last: another producer (another
     /// process, or a second `Producer` on the same memory) is writing the ring.
-    /// [`Producer::resync`] adopts the new position.
+    /// [`Producer::follow`] adopts the new position.
     ProducerPosMoved {
         /// The position this producer published last.
         expected: usize,
@@ -161,9 +158,9 @@ impl core::error::Error for ReserveError {}
 /// One `Producer` per ring: a second one (in this or another process) is detected at the
 /// next reservation ([`ReserveError::ProducerPosMoved`]), but two producers racing on the
 /// same memory can hand out the same space before that (within one process: two `&mut [u8]`
-/// to the same bytes). Do not build two over one ring; the Linux front end refuses to open a
-/// second producer for the same map in one process
-/// (`Error::ProducerExists`).
+/// to the same bytes). Building one is therefore `unsafe` ([`Producer::new`]); the Linux front
+/// end refuses to open a second producer for the same map in one process
+/// (`OpenError::InUse`).
 pub struct Producer<M: RingMemoryMut> {
     memory: M,
     geometry: Geometry,
@@ -197,14 +194,24 @@ impl<M: RingMemoryMut> Producer<M> {
     /// [`GeometryError`] if `memory.size()` is not a valid ring size.
     pub unsafe fn new(memory: M) -> Result<Self, GeometryError> {
         let geometry = Geometry::new(memory.size())?;
+        // SAFETY: the caller upholds the contract, which is `from_geometry`'s.
+        Ok(unsafe { Self::from_geometry(memory, geometry) })
+    }
+
+    /// [`Producer::new`] for memory whose size is known to be valid.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Producer::new`], and `geometry` is `Geometry::new(memory.size())`.
+    pub(crate) unsafe fn from_geometry(memory: M, geometry: Geometry) -> Self {
         // Acquire: pairs with the store-release of a previous producer of this ring, whose
         // headers we may overwrite once the kernel has consumed them.
-        let producer_pos = memory.producer_pos().load(Ordering::Acquire);
-        Ok(Self {
+        let producer_pos = memory.producer_pos().load_acquire();
+        Self {
             memory,
             geometry,
             producer_pos: Cell::new(producer_pos),
-        })
+        }
     }
 
     /// The memory this producer writes.
@@ -221,9 +228,8 @@ impl<M: RingMemoryMut> Producer<M> {
     /// size minus one header, capped at [`MAX_SAMPLE_LEN`].
     ///
     /// ```
-    /// # use bpf_ringbuf::{model::HeapRing, Producer};
-    /// // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
-    /// let producer = unsafe { Producer::new(HeapRing::new(4096)?) }?;
+    /// # use bpf_ringbuf::model::HeapRing;
+    /// let (producer, _drain) = HeapRing::new(4096)?.split_user();
     /// assert_eq!(producer.max_len(), 4088);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -264,7 +270,7 @@ impl<M: RingMemoryMut> Producer<M> {
         let producer_pos = self.producer_pos.get();
         // Relaxed: this producer is the only legitimate writer of producer_pos; the load only
         // detects another writer.
-        let found = self.memory.producer_pos().load(Ordering::Relaxed);
+        let found = self.memory.producer_pos().load_relaxed();
         if found != producer_pos {
             return Err(ReserveError::ProducerPosMoved {
                 expected: producer_pos,
@@ -293,9 +299,8 @@ impl<M: RingMemoryMut> Producer<M> {
     /// [`discard`](Reservation::discard) the reservation to give up the record.
     ///
     /// ```
-    /// # use bpf_ringbuf::{model::HeapRing, Producer, ReserveError};
-    /// // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
-    /// let producer = unsafe { Producer::new(HeapRing::new(64)?) }?;
+    /// # use bpf_ringbuf::{model::HeapRing, ReserveError};
+    /// let (producer, _drain) = HeapRing::new(64)?.split_user();
     /// assert_eq!(
     ///     producer.reserve(57).unwrap_err(),
     ///     ReserveError::TooLarge { len: 57, max_len: 56 }
@@ -339,11 +344,12 @@ impl<M: RingMemoryMut> Producer<M> {
         // of consumer_pos), and the kernel reads no header at or past producer_pos.
         self.memory
             .header(offset)
+            .atomic()
             .store(header.raw(), Ordering::Relaxed);
         let new_producer_pos = producer_pos.wrapping_add(needed);
         // Release: pairs with smp_load_acquire(&rb->producer_pos) in __bpf_user_ringbuf_peek,
         // which then sees the BUSY header written above, never a stale one.
-        self.memory.producer_pos().store(
+        self.memory.producer_pos().atomic().store(
             new_producer_pos,
             ordering(SyncPoint::UserProducerPosPublish, Ordering::Release),
         );
@@ -386,14 +392,13 @@ impl<M: RingMemoryMut> Producer<M> {
         self.free_space()
     }
 
-    /// Adopts the ring's current `producer_pos` after [`ReserveError::ProducerPosMoved`];
-    /// returns it. Taking `&mut self` guarantees no reservation of this producer is
-    /// outstanding.
-    pub fn resync(&mut self) -> usize {
+    /// After [`ReserveError::ProducerPosMoved`]: adopts the `producer_pos` the other writer
+    /// stored, so the next reservation starts after whatever it wrote. Taking `&mut self`
+    /// guarantees no reservation of this producer is outstanding.
+    pub fn follow(&mut self) {
         // Acquire: as in `new`.
-        let found = self.memory.producer_pos().load(Ordering::Acquire);
-        self.producer_pos.set(found);
-        found
+        self.producer_pos
+            .set(self.memory.producer_pos().load_acquire());
     }
 
     fn commit(&self, position: usize, len: usize, discard: bool) {
@@ -407,7 +412,7 @@ impl<M: RingMemoryMut> Producer<M> {
         // AcqRel exchange: the Release half pairs with smp_load_acquire(hdr) in
         // __bpf_user_ringbuf_peek, publishing the payload before the kernel sees BUSY clear
         // (libbpf uses the same __atomic_exchange_n(..., __ATOMIC_ACQ_REL)).
-        self.memory.header(offset).swap(
+        self.memory.header(offset).atomic().swap(
             header.raw(),
             ordering(SyncPoint::UserCommit, Ordering::AcqRel),
         );

@@ -14,8 +14,8 @@ use core::ptr::NonNull;
 
 use crate::error::GeometryError;
 use crate::geometry::Geometry;
+use crate::memory::{DataWord, PositionWord};
 use crate::memory::{RingMemory, RingMemoryMut};
-use crate::sync::atomic::{AtomicU32, AtomicUsize};
 
 /// A ring's memory given as raw addresses: a [`RingMemory`] over a mapping owned elsewhere.
 ///
@@ -42,10 +42,12 @@ use crate::sync::atomic::{AtomicU32, AtomicUsize};
 ///         4096,
 ///     )
 /// }?;
-/// // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-/// let producer = unsafe { KernelProducer::new(&memory) }?;
+/// // SAFETY: the ring's only two endpoints: the model producer writes only space the consumer
+/// // handed back, the consumer publishes only past records it has finished reading, and
+/// // `consumer_pos` is writable.
+/// let (producer, mut consumer) =
+///     unsafe { (KernelProducer::new(&memory)?, Consumer::new(&memory)?) };
 /// producer.output(b"borrowed", Wakeup::Adaptive).unwrap();
-/// let mut consumer = Consumer::new(&memory)?;
 /// assert_eq!(consumer.read_owned()?.as_deref(), Some(&b"borrowed"[..]));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -177,16 +179,16 @@ impl RawRingMemory {
 // checks its offset, and `bytes`' caller guarantees `offset + len <= 2 * size`.
 unsafe impl RingMemory for RawRingMemory {
     #[inline]
-    fn consumer_pos(&self) -> &AtomicUsize {
+    fn consumer_pos(&self) -> &PositionWord {
         // SAFETY: non-null, aligned, valid while `self` lives (constructor contract); every
         // concurrent access to the word is atomic (the kernel's smp_* accessors, ours).
-        unsafe { AtomicUsize::from_ptr(self.consumer_pos.as_ptr()) }
+        unsafe { PositionWord::from_ptr(self.consumer_pos.as_ptr()) }
     }
 
     #[inline]
-    fn producer_pos(&self) -> &AtomicUsize {
+    fn producer_pos(&self) -> &PositionWord {
         // SAFETY: as for `consumer_pos`.
-        unsafe { AtomicUsize::from_ptr(self.producer_pos.as_ptr()) }
+        unsafe { PositionWord::from_ptr(self.producer_pos.as_ptr()) }
     }
 
     #[inline]
@@ -195,14 +197,14 @@ unsafe impl RingMemory for RawRingMemory {
     }
 
     #[inline]
-    fn header(&self, offset: usize) -> &AtomicU32 {
+    fn header(&self, offset: usize) -> &DataWord {
         assert!(
             offset < self.geometry.size() && offset % 4 == 0,
             "header offset {offset} outside the data area or misaligned"
         );
         // SAFETY: `offset < size` lies inside the data area, 4-byte aligned (the area is
         // 8-byte aligned); valid while `self` lives (constructor contract).
-        unsafe { AtomicU32::from_ptr(self.data.as_ptr().add(offset).cast()) }
+        unsafe { DataWord::from_ptr(self.data.as_ptr().add(offset).cast()) }
     }
 
     #[inline]

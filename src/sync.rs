@@ -17,7 +17,8 @@ pub mod atomic {
     pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 }
 
-/// Hint used inside spin loops (only the model of the kernel's ring lock spins).
+use crate::memory::{DataWord, PositionWord};
+
 /// An acquire load that is sound on memory mapped read-only.
 ///
 /// Rust promises only that small *Relaxed* atomic loads work on read-only pages (see "Atomic
@@ -27,20 +28,21 @@ pub mod atomic {
 /// as an acquire load does (on x86 both are a plain `mov`). A loom negative control at `point`
 /// drops the fence.
 #[inline(always)]
-pub(crate) fn load_acquire_usize(word: &atomic::AtomicUsize, point: SyncPoint) -> usize {
-    let value = word.load(atomic::Ordering::Relaxed);
+pub(crate) fn load_acquire_usize(word: &PositionWord, point: SyncPoint) -> usize {
+    let value = word.load_relaxed();
     fence_at(point, atomic::Ordering::Acquire);
     value
 }
 
 /// [`load_acquire_usize`] for a 32-bit word (record headers).
 #[inline(always)]
-pub(crate) fn load_acquire_u32(word: &atomic::AtomicU32, point: SyncPoint) -> u32 {
-    let value = word.load(atomic::Ordering::Relaxed);
+pub(crate) fn load_acquire_u32(word: &DataWord, point: SyncPoint) -> u32 {
+    let value = word.load_relaxed();
     fence_at(point, atomic::Ordering::Acquire);
     value
 }
 
+/// Hint used inside spin loops (only the model of the kernel's ring lock spins).
 #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 #[inline]
 pub(crate) fn spin_loop() {

@@ -9,12 +9,7 @@ use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
 use bpf_ringbuf::{Consumer, Stats};
 
 fn ring(size: usize) -> (KernelProducer<Arc<HeapRing>>, Consumer<Arc<HeapRing>>) {
-    let ring = Arc::new(HeapRing::new(size).unwrap());
-    (
-        // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-        unsafe { KernelProducer::new(ring.clone()) }.unwrap(),
-        Consumer::new(ring).unwrap(),
-    )
+    HeapRing::new(size).unwrap().split()
 }
 
 /// Ring bytes a record of `len` payload bytes takes: header plus payload, rounded up to 8.
@@ -27,7 +22,7 @@ fn batch_counts_records_bytes_discards_and_consumed_space() {
     let (producer, mut consumer) = ring(4096);
     producer.output(&[1; 5], Wakeup::Adaptive).unwrap();
     let discarded = producer.reserve(12).unwrap();
-    producer.discard(discarded, Wakeup::Adaptive);
+    discarded.discard(Wakeup::Adaptive);
     producer.output(&[2; 17], Wakeup::Adaptive).unwrap();
     assert_eq!(consumer.stats(), Stats::default());
 
@@ -81,7 +76,7 @@ fn busy_head_is_counted_as_a_busy_stop() {
     // The copying API counts the BUSY stop too, and consumes nothing.
     assert_eq!(consumer.read_owned().unwrap(), None);
     assert_eq!(consumer.stats().busy_stops, 2);
-    producer.submit(held, Wakeup::Adaptive);
+    held.submit(Wakeup::Adaptive);
     assert_eq!(consumer.batch().iter().count(), 2);
     let stats = consumer.stats();
     assert_eq!((stats.records, stats.busy_stops, stats.batches), (3, 2, 2));
@@ -95,7 +90,7 @@ fn consume_and_copies_count_the_same_way() {
         producer.output(&vec![0xab; len], Wakeup::Adaptive).unwrap();
     }
     let discarded = producer.reserve(40).unwrap();
-    producer.discard(discarded, Wakeup::Adaptive);
+    discarded.discard(Wakeup::Adaptive);
     producer.output(&[3; 4], Wakeup::Adaptive).unwrap();
 
     // Two by callback, then the rest by copy.

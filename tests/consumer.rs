@@ -7,28 +7,36 @@ use std::sync::Arc;
 use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
 use bpf_ringbuf::{Consumer, ReadError, Readiness, RingMemory};
 
-fn ring(
-    size: usize,
-) -> (
+type Ring = (
     Arc<HeapRing>,
     KernelProducer<Arc<HeapRing>>,
     Consumer<Arc<HeapRing>>,
-) {
-    let ring = Arc::new(HeapRing::new(size).unwrap());
-    // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    let producer = unsafe { KernelProducer::new(ring.clone()) }.unwrap();
-    let consumer = Consumer::new(ring.clone()).unwrap();
-    (ring, producer, consumer)
+);
+
+/// A model ring split into its two endpoints, and the ring itself for looking at it.
+fn split(ring: HeapRing) -> Ring {
+    let (producer, consumer) = ring.split();
+    (consumer.memory().clone(), producer, consumer)
+}
+
+fn ring(size: usize) -> Ring {
+    split(HeapRing::new(size).unwrap())
 }
 
 fn consumer_pos(ring: &HeapRing) -> usize {
-    ring.consumer_pos()
-        .load(std::sync::atomic::Ordering::SeqCst)
+    ring.consumer_pos().load_acquire()
 }
 
 fn producer_pos(ring: &HeapRing) -> usize {
-    ring.producer_pos()
-        .load(std::sync::atomic::Ordering::SeqCst)
+    ring.producer_pos().load_acquire()
+}
+
+/// Writes `consumer_pos` behind the consumer's back, as another process holding the map
+/// could.
+fn scribble_consumer_pos(ring: &HeapRing, value: usize) {
+    // SAFETY: no batch is alive while a test calls this, and the tests recover (or keep
+    // failing reads) before producing into space the store handed back.
+    unsafe { ring.store_consumer_pos(value) }
 }
 
 fn drain(consumer: &mut Consumer<Arc<HeapRing>>) -> Vec<Vec<u8>> {
@@ -74,11 +82,11 @@ fn discarded_records_are_skipped_but_consumed() {
     let (ring, producer, mut consumer) = ring(4096);
     let a = producer.reserve(10).unwrap();
     let mut b = producer.reserve(3).unwrap();
-    producer.payload(&mut b).copy_from_slice(b"xyz");
-    producer.discard(a, Wakeup::Adaptive);
-    producer.submit(b, Wakeup::Adaptive);
+    b.write(b"xyz");
+    a.discard(Wakeup::Adaptive);
+    b.submit(Wakeup::Adaptive);
     let only_discard = producer.reserve(1).unwrap();
-    producer.discard(only_discard, Wakeup::Adaptive);
+    only_discard.discard(Wakeup::Adaptive);
     assert_eq!(drain(&mut consumer), vec![b"xyz".to_vec()]);
     assert_eq!(consumer_pos(&ring), 24 + 16 + 16);
 }
@@ -102,7 +110,7 @@ fn a_busy_record_stops_reading_and_is_never_published_past() {
     assert!(drain(&mut consumer).is_empty());
     assert_eq!(consumer_pos(&ring), held.position());
 
-    producer.submit(held, Wakeup::Adaptive);
+    held.submit(Wakeup::Adaptive);
     assert_eq!(consumer.check_before_sleep(), Readiness::Readable);
     assert_eq!(drain(&mut consumer), vec![vec![0; 8], b"three".to_vec()]);
     assert_eq!(consumer_pos(&ring), producer_pos(&ring));
@@ -114,13 +122,13 @@ fn out_of_order_commits_are_delivered_in_reservation_order() {
     let mut a = producer.reserve(1).unwrap();
     let mut b = producer.reserve(1).unwrap();
     let mut c = producer.reserve(1).unwrap();
-    producer.payload(&mut a)[0] = b'a';
-    producer.payload(&mut b)[0] = b'b';
-    producer.payload(&mut c)[0] = b'c';
-    producer.submit(c, Wakeup::Adaptive);
-    producer.submit(b, Wakeup::Adaptive);
+    a.write(b"a");
+    b.write(b"b");
+    c.write(b"c");
+    c.submit(Wakeup::Adaptive);
+    b.submit(Wakeup::Adaptive);
     assert!(drain(&mut consumer).is_empty());
-    producer.submit(a, Wakeup::Adaptive);
+    a.submit(Wakeup::Adaptive);
     assert_eq!(
         drain(&mut consumer),
         vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
@@ -142,10 +150,7 @@ fn records_that_wrap_are_read_contiguously() {
 #[test]
 fn positions_wrap_around_usize_max() {
     let start = (usize::MAX - 100) & !7;
-    let ring = Arc::new(HeapRing::starting_at(256, start).unwrap());
-    // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    let producer = unsafe { KernelProducer::new(ring.clone()) }.unwrap();
-    let mut consumer = Consumer::new(ring.clone()).unwrap();
+    let (ring, producer, mut consumer) = split(HeapRing::starting_at(256, start).unwrap());
     let mut expected = 0u32;
     for round in 0..50u32 {
         for k in 0..3u32 {
@@ -174,11 +179,124 @@ fn positions_wrap_around_usize_max() {
 }
 
 #[test]
+fn a_moved_consumer_pos_is_reported_and_nothing_moves() {
+    let (ring, producer, mut consumer) = ring(4096);
+    producer.output(b"before", Wakeup::Adaptive).unwrap();
+    scribble_consumer_pos(&ring, 4096 * 10);
+    let moved = ReadError::ConsumerPosMoved {
+        expected: 0,
+        found: 40960,
+    };
+    assert_eq!(consumer.batch().next_record(), Some(Err(moved)));
+    assert!(moved.to_string().contains("another writer"), "{moved}");
+    assert_eq!(consumer.read_owned(), Err(moved));
+    assert_eq!(consumer.available(), Err(moved));
+    assert_eq!(
+        consumer.consume(10, |_| ControlFlow::Continue(())),
+        Err(moved)
+    );
+    assert_eq!(consumer.check_before_sleep(), Readiness::Readable);
+    // The error did not move anything, the shared word nor the cursor.
+    assert_eq!(consumer_pos(&ring), 40960);
+    assert_eq!(consumer.cursor(), 0);
+}
+
+#[test]
+fn resume_continues_from_the_own_cursor_and_loses_nothing() {
+    let (ring, producer, mut consumer) = ring(4096);
+    producer.output(b"one", Wakeup::Adaptive).unwrap();
+    assert_eq!(drain(&mut consumer), vec![b"one".to_vec()]);
+    producer.output(b"two", Wakeup::Adaptive).unwrap();
+    producer.output(b"three", Wakeup::Adaptive).unwrap();
+    // A forward jump over the unread records: without the own cursor they would be lost
+    // silently.
+    scribble_consumer_pos(&ring, producer_pos(&ring));
+    assert_eq!(
+        consumer.read_owned(),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 16,
+            found: 48
+        })
+    );
+    consumer.resume().unwrap();
+    assert_eq!(consumer_pos(&ring), 16);
+    producer.output(b"four", Wakeup::Adaptive).unwrap();
+    assert_eq!(
+        drain(&mut consumer),
+        vec![b"two".to_vec(), b"three".to_vec(), b"four".to_vec()]
+    );
+}
+
+#[test]
+fn resume_refuses_once_the_producer_may_have_reused_the_space() {
+    let (ring, producer, mut consumer) = ring(64);
+    producer.output(&[1; 8], Wakeup::Adaptive).unwrap();
+    // The other writer hands the space back; the producer laps our cursor.
+    scribble_consumer_pos(&ring, 32);
+    for _ in 0..4 {
+        producer.output(&[2; 8], Wakeup::Adaptive).unwrap();
+    }
+    assert!(matches!(
+        consumer.read_owned(),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 0,
+            found: 32
+        })
+    ));
+    assert_eq!(
+        consumer.resume(),
+        Err(ReadError::ConsumerAhead {
+            consumer_pos: 0,
+            producer_pos: 80
+        })
+    );
+    assert_eq!(consumer.resync(), 64);
+    assert!(drain(&mut consumer).is_empty());
+}
+
+#[test]
+fn follow_adopts_the_other_writers_position() {
+    let (ring, producer, mut consumer) = ring(4096);
+    for record in [&b"a"[..], b"b", b"c"] {
+        producer.output(record, Wakeup::Adaptive).unwrap();
+    }
+    // Another reader took "a" and published past it.
+    scribble_consumer_pos(&ring, 16);
+    assert!(consumer.read_owned().is_err());
+    consumer.follow();
+    assert_eq!(consumer.cursor(), 16);
+    assert_eq!(drain(&mut consumer), vec![b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
+fn a_write_during_a_batch_is_not_overwritten_silently() {
+    let (ring, producer, mut consumer) = ring(4096);
+    producer.output(b"one", Wakeup::Adaptive).unwrap();
+    producer.output(b"two", Wakeup::Adaptive).unwrap();
+    let batch = consumer.batch();
+    assert_eq!(batch.next_record().unwrap().unwrap(), b"one");
+    // Nothing is written while the batch lends "one"; the store only changes the word.
+    scribble_consumer_pos(&ring, 32);
+    drop(batch);
+    // The batch's publish saw the word changed and left it: the next read reports it.
+    assert_eq!(consumer_pos(&ring), 32);
+    assert_eq!(
+        consumer.read_owned(),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 16,
+            found: 32
+        })
+    );
+    consumer.resume().unwrap();
+    assert_eq!(drain(&mut consumer), vec![b"two".to_vec()]);
+}
+
+#[test]
 fn consumer_ahead_of_producer_is_an_error_then_resync_recovers() {
     let (ring, producer, mut consumer) = ring(4096);
     producer.output(b"before", Wakeup::Adaptive).unwrap();
-    ring.consumer_pos()
-        .store(4096 * 10, std::sync::atomic::Ordering::SeqCst);
+    scribble_consumer_pos(&ring, 4096 * 10);
+    consumer.follow();
     let err = consumer.batch().next_record().unwrap().unwrap_err();
     assert_eq!(
         err,
@@ -194,10 +312,22 @@ fn consumer_ahead_of_producer_is_an_error_then_resync_recovers() {
     // The error did not move anything.
     assert_eq!(consumer_pos(&ring), 40960);
 
-    consumer.resync();
+    assert_eq!(consumer.resync(), 4096, "capped at the ring size");
     assert_eq!(consumer_pos(&ring), producer_pos(&ring));
     producer.output(b"after", Wakeup::Adaptive).unwrap();
     assert_eq!(drain(&mut consumer), vec![b"after".to_vec()]);
+}
+
+#[test]
+fn a_ring_opened_with_a_corrupt_consumer_pos_reports_it() {
+    // A fresh reader adopts what it finds; an impossible position is reported, not read.
+    let data = [0u8; 8];
+    let (_ring, _producer, mut consumer) =
+        split(HeapRing::from_parts(4096, &data, 16usize.wrapping_sub(8192), 16).unwrap());
+    assert!(matches!(
+        consumer.batch().next_record(),
+        Some(Err(ReadError::ConsumerAhead { .. }))
+    ));
 }
 
 #[test]
@@ -205,10 +335,8 @@ fn consumer_far_behind_is_an_error() {
     let (ring, producer, mut consumer) = ring(4096);
     producer.output(b"x", Wakeup::Adaptive).unwrap();
     // More than a ring size behind the producer.
-    ring.consumer_pos().store(
-        16usize.wrapping_sub(8192),
-        std::sync::atomic::Ordering::SeqCst,
-    );
+    scribble_consumer_pos(&ring, 16usize.wrapping_sub(8192));
+    consumer.follow();
     assert!(matches!(
         consumer.batch().next_record(),
         Some(Err(ReadError::ConsumerAhead { .. }))
@@ -219,12 +347,12 @@ fn consumer_far_behind_is_an_error() {
 fn misaligned_consumer_pos_is_an_error() {
     let (ring, producer, mut consumer) = ring(4096);
     producer.output(b"0123456789", Wakeup::Adaptive).unwrap();
-    ring.consumer_pos()
-        .store(3, std::sync::atomic::Ordering::SeqCst);
+    scribble_consumer_pos(&ring, 3);
+    consumer.follow();
     let batch = consumer.batch();
     assert_eq!(
         batch.next_record(),
-        Some(Err(ReadError::MisalignedPosition { consumer_pos: 3 }))
+        Some(Err(ReadError::MisalignedPosition { position: 3 }))
     );
     assert_eq!(batch.next_record(), None, "the error ends the batch");
     drop(batch);
@@ -232,15 +360,43 @@ fn misaligned_consumer_pos_is_an_error() {
     let mut buf = [0; 64];
     assert_eq!(
         consumer.read_into(&mut buf),
-        Err(ReadError::MisalignedPosition { consumer_pos: 3 })
+        Err(ReadError::MisalignedPosition { position: 3 })
     );
 }
 
 /// Rewrites the header at `position` (as a hostile process or a corrupt ring would).
 fn corrupt_header(ring: &HeapRing, position: usize, raw: u32) {
     let offset = position & (ring.size() - 1);
-    ring.header(offset)
-        .store(raw, std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: no batch or reservation covering the word is alive when the tests call this.
+    unsafe { ring.store_header(offset, raw) }
+}
+
+#[test]
+fn a_busy_header_that_does_not_fit_is_corruption_not_a_wait() {
+    // Payload bytes with bit 31 set under a moved consumer_pos read as a BUSY header claiming
+    // more than the ring holds: reported, not waited on forever.
+    let (ring, producer, mut consumer) = ring(4096);
+    producer.output(&[0xe1; 64], Wakeup::Adaptive).unwrap();
+    scribble_consumer_pos(&ring, 8);
+    consumer.follow();
+    let err = consumer.batch().next_record().unwrap().unwrap_err();
+    assert_eq!(
+        err,
+        ReadError::RecordOutOfBounds {
+            position: 8,
+            header: 0xe1e1_e1e1,
+            record_size: bpf_ringbuf::header::record_size(0xe1e1_e1e1 & 0x3fff_ffff),
+            available: 64,
+        }
+    );
+    assert_eq!(consumer.check_before_sleep(), Readiness::Readable);
+    let mut buf = [0; 128];
+    assert_eq!(consumer.read_into(&mut buf), Err(err));
+    assert_eq!(consumer.consume(1, |_| ControlFlow::Continue(())), Err(err));
+    // A BUSY header that fits is a reservation: waited for, as before.
+    corrupt_header(&ring, 8, 0x8000_0010);
+    assert!(consumer.batch().next_record().is_none());
+    assert_eq!(consumer.check_before_sleep(), Readiness::HeadBusy);
 }
 
 #[test]
@@ -249,7 +405,7 @@ fn header_longer_than_the_data_produced_is_an_error_after_the_good_records() {
     producer.output(b"good", Wakeup::Adaptive).unwrap();
     let bad = producer.reserve(8).unwrap();
     let bad_position = bad.position();
-    producer.submit(bad, Wakeup::Adaptive);
+    bad.submit(Wakeup::Adaptive);
     producer.output(b"after", Wakeup::Adaptive).unwrap();
     corrupt_header(&ring, bad_position, 1000);
 
@@ -298,7 +454,7 @@ fn header_longer_than_the_ring_is_an_error() {
 fn read_into_a_small_buffer_loses_nothing() {
     let (ring, producer, mut consumer) = ring(4096);
     let discarded = producer.reserve(4).unwrap();
-    producer.discard(discarded, Wakeup::Adaptive);
+    discarded.discard(Wakeup::Adaptive);
     producer.output(&[7; 100], Wakeup::Adaptive).unwrap();
     let mut small = [0; 99];
     assert_eq!(
@@ -400,7 +556,7 @@ fn check_before_sleep_tells_empty_from_busy_from_readable() {
     assert_eq!(consumer.check_before_sleep(), Readiness::Empty);
     let held = producer.reserve(1).unwrap();
     assert_eq!(consumer.check_before_sleep(), Readiness::HeadBusy);
-    producer.discard(held, Wakeup::Adaptive);
+    held.discard(Wakeup::Adaptive);
     assert_eq!(consumer.check_before_sleep(), Readiness::Readable);
     assert!(drain(&mut consumer).is_empty());
     assert_eq!(consumer.check_before_sleep(), Readiness::Empty);
@@ -413,10 +569,10 @@ fn kernel_model_refuses_when_full_and_never_fills_the_ring_completely() {
     assert!(producer.reserve(4088).is_none());
     assert!(producer.reserve(4096).is_none());
     let big = producer.reserve(4080).unwrap();
-    producer.submit(big, Wakeup::Adaptive);
+    big.submit(Wakeup::Adaptive);
     assert!(producer.reserve(0).is_none());
     assert_eq!(drain(&mut consumer).len(), 1);
-    assert!(producer.reserve(0).is_some());
+    producer.reserve(0).unwrap().submit(Wakeup::Never);
 }
 
 #[test]
@@ -435,7 +591,7 @@ fn kernel_model_does_not_reuse_space_of_a_busy_record() {
         filled < 30,
         "must stop before reaching the held record: {filled}"
     );
-    producer.submit(held, Wakeup::Never);
+    held.submit(Wakeup::Never);
 }
 
 #[test]
@@ -451,8 +607,8 @@ fn wakeups_follow_the_kernel_rule() {
     // Out of order: committing the later record does not wake; the head one does.
     let a = producer.reserve(1).unwrap();
     let b = producer.reserve(1).unwrap();
-    assert!(!producer.submit(b, Wakeup::Adaptive));
-    assert!(producer.submit(a, Wakeup::Adaptive));
+    assert!(!b.submit(Wakeup::Adaptive));
+    assert!(a.submit(Wakeup::Adaptive));
     assert_eq!(producer.wakeups(), 3);
 }
 
@@ -483,12 +639,11 @@ fn random_operations_match_a_queue_oracle() {
         } else {
             usize::MAX - 8 * rng.below(64) - 7
         };
-        let ring = Arc::new(HeapRing::starting_at(size, start & !7).unwrap());
-        // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-        let producer = unsafe { KernelProducer::new(ring.clone()) }.unwrap();
-        let mut consumer = Consumer::new(ring.clone()).unwrap();
+        let (_ring, producer, mut consumer) =
+            split(HeapRing::starting_at(size, start & !7).unwrap());
         // Outstanding reservations with the payload they will get, in reservation order.
-        let mut outstanding: Vec<(bpf_ringbuf::model::Reservation, Vec<u8>, bool)> = Vec::new();
+        let mut outstanding: Vec<(bpf_ringbuf::model::Reservation<'_, _>, Vec<u8>, bool)> =
+            Vec::new();
         // Committed-or-pending records in reservation order: Some(payload) or None (discard).
         let mut order: VecDeque<(usize, Option<Vec<u8>>)> = VecDeque::new();
         let mut committed = std::collections::HashSet::new();
@@ -501,7 +656,7 @@ fn random_operations_match_a_queue_oracle() {
                         serial += 1;
                         let payload: Vec<u8> =
                             (0..len).map(|i| (serial as usize + i) as u8).collect();
-                        producer.payload(&mut r).copy_from_slice(&payload);
+                        r.write(&payload);
                         let discard = rng.below(4) == 0;
                         order.push_back((r.position(), (!discard).then(|| payload.clone())));
                         outstanding.push((r, payload, discard));
@@ -512,9 +667,9 @@ fn random_operations_match_a_queue_oracle() {
                     let (r, _, discard) = outstanding.remove(i);
                     committed.insert(r.position());
                     if discard {
-                        producer.discard(r, Wakeup::Adaptive);
+                        r.discard(Wakeup::Adaptive);
                     } else {
-                        producer.submit(r, Wakeup::Adaptive);
+                        r.submit(Wakeup::Adaptive);
                     }
                 }
                 _ => {
@@ -559,10 +714,8 @@ fn random_operations_match_a_queue_oracle() {
 
 #[test]
 fn two_producer_threads_lose_nothing_and_keep_each_order() {
-    let ring = Arc::new(HeapRing::new(4096).unwrap());
-    // SAFETY: the only writer of this ring, whose one consumer publishes only past records it has finished reading.
-    let producer = Arc::new(unsafe { KernelProducer::new(ring.clone()) }.unwrap());
-    let mut consumer = Consumer::new(ring.clone()).unwrap();
+    let (producer, mut consumer) = HeapRing::new(4096).unwrap().split();
+    let producer = Arc::new(producer);
     // Under miri the interleavings are explored by its scheduler; fewer records suffice.
     const PER_THREAD: u32 = if cfg!(miri) { 300 } else { 20_000 };
     let threads: Vec<_> = (0..2u32)

@@ -25,7 +25,7 @@ mod user_producer;
 use std::path::{Path, PathBuf};
 
 use bpf_ringbuf::model::HeapRing;
-use bpf_ringbuf::{Consumer, ReadError};
+use bpf_ringbuf::ReadError;
 use reference::Step;
 
 fn cases(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -138,8 +138,7 @@ fn the_checker_catches_a_wrong_record() {
     let mut data = [0u8; 64];
     data[..4].copy_from_slice(&3u32.to_ne_bytes());
     data[8..11].copy_from_slice(b"abc");
-    let ring = HeapRing::from_parts(64, &data, 0, 16).unwrap();
-    let mut consumer = Consumer::new(&ring).unwrap();
+    let (_producer, mut consumer) = HeapRing::from_parts(64, &data, 0, 16).unwrap().split();
     let steps = [
         Step::Record {
             position: 0,

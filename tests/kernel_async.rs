@@ -1,16 +1,19 @@
 //! The tokio reader against the real kernel (feature `tokio`): producers pinned to both CPUs,
 //! a ping-pong that hangs if one wakeup is lost, a BUSY head that must not make the reader
-//! spin, and the user-ring space waiter.
+//! spin, and the user ring's async reservation.
+//!
+//! The async types sleep in tokio's reactor, so their sleeps are counted from outside: a
+//! future that returns `Pending` has gone to sleep, and each later poll is a wakeup
+//! ([`counting_sleeps`]).
 
+use std::future::Future;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use bpf_ringbuf::{
-    AsyncRingBuf, AsyncSpaceWaiter, DropCounter, RingBuf, UserRingBuf, UserRingSpace,
-};
+use bpf_ringbuf::{AsyncRingBuf, AsyncUserRingBuf, DropCounter, RingBuf, UserRingBuf};
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, Commit};
 
 /// A stamped producer into `map`, with its own sequence and drop counters.
@@ -32,6 +35,30 @@ fn stamped(map: BorrowedFd<'_>, len: u32) -> Stamped {
 }
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `future` to completion, adding to `sleeps` every time it returned `Pending`: each is a
+/// sleep, ended by a wakeup that made the runtime poll it again.
+async fn counting_sleeps<F: Future>(future: F, sleeps: &mut u64) -> F::Output {
+    calling_on_sleep(future, sleeps, || {}).await
+}
+
+/// [`counting_sleeps`], calling `on_sleep` after each `Pending`.
+async fn calling_on_sleep<F: Future>(
+    future: F,
+    sleeps: &mut u64,
+    mut on_sleep: impl FnMut(),
+) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() {
+            *sleeps += 1;
+            on_sleep();
+        }
+        poll
+    })
+    .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_reader_gets_every_record_from_producers_on_both_cpus() {
@@ -70,9 +97,12 @@ async fn async_reader_gets_every_record_from_producers_on_both_cpus() {
     let mut drops = DropCounter::new(&source.drops).unwrap();
     let mut next_sequence = vec![1u64; cpus];
     let mut total = 0u64;
+    let mut sleeps = 0u64;
     let read = tokio::time::timeout(LIMIT, async {
         while total + drops.total().unwrap() < runs {
-            let batch = ring.next_batch().await.unwrap();
+            let batch = counting_sleeps(ring.next_batch(), &mut sleeps)
+                .await
+                .unwrap();
             for record in &batch {
                 let record = record.unwrap();
                 assert_eq!(record.len(), 48);
@@ -106,11 +136,12 @@ async fn async_reader_gets_every_record_from_producers_on_both_cpus() {
             "CPU {cpu}"
         );
     }
-    let stats = ring.stats();
+    let stats = ring.get_ref().stats();
     assert_eq!(stats.records, total);
     assert_eq!(stats.bytes, total * 48);
-    assert!(ring.wait_stats().wakeups >= 1, "{:?}", ring.wait_stats());
-    assert_eq!(ring.available().unwrap(), 0);
+    // The reader caught up and slept at least once, and a wakeup ended the sleep.
+    assert!(sleeps >= 1, "never slept");
+    assert_eq!(ring.get_ref().available().unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +181,7 @@ async fn ping_pong_loses_no_wakeup() {
     .await;
     assert!(read.is_ok(), "a wakeup was lost");
     assert!(producer.join().unwrap());
-    assert_eq!(ring.stats().records, rounds);
+    assert_eq!(ring.get_ref().stats().records, rounds);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,15 +191,20 @@ async fn busy_head_is_awaited_without_spinning() {
     let holder = kit::busy_holder(map.as_fd(), 1 << 23, 0xbeef);
     let mut ring = AsyncRingBuf::new(RingBuf::new(&map).unwrap()).unwrap();
     let thread = thread::spawn(move || holder.run(1));
-    tokio::time::timeout(LIMIT, ring.readable())
+    let mut sleeps = 0;
+    tokio::time::timeout(LIMIT, counting_sleeps(ring.readable(), &mut sleeps))
         .await
         .expect("commit of the held record was signalled")
         .unwrap();
     thread.join().unwrap();
-    assert_eq!(ring.read_owned().unwrap().unwrap(), 0xbeefu64.to_ne_bytes());
+    {
+        let batch = ring.next_batch().await.unwrap();
+        let records: Vec<&[u8]> = batch.iter().collect::<Result<_, _>>().unwrap();
+        assert_eq!(records, [&0xbeefu64.to_ne_bytes()[..]]);
+    }
     // A level-triggered wait would wake ~10^5 times while the record is held.
-    let stats = ring.wait_stats();
-    assert!(stats.wakeups <= 3, "{stats:?}");
+    assert!(sleeps <= 3, "readable() woke {sleeps} times");
+    assert_eq!(ring.get_ref().available(), Ok(0));
 }
 
 #[tokio::test]
@@ -194,7 +230,7 @@ async fn a_cancelled_wait_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn space_waiter_wakes_when_the_kernel_drains_a_full_user_ring() {
+async fn async_reserve_wakes_when_the_kernel_drains_a_full_user_ring() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
@@ -204,23 +240,49 @@ async fn space_waiter_wakes_when_the_kernel_drains_a_full_user_ring() {
     while ring.output(&[3; 100]).is_ok() {
         samples += 1;
     }
-    let mut space = AsyncSpaceWaiter::new(UserRingSpace::new(ring, 100)).unwrap();
-    // Full: the wait does not return (and is cancel-safe).
+    let ring = AsyncUserRingBuf::new(ring).unwrap();
+    // Full: the reservation waits (and is cancel-safe: nothing was reserved).
     assert!(
-        tokio::time::timeout(Duration::from_millis(30), space.writable())
+        tokio::time::timeout(Duration::from_millis(30), ring.reserve(100))
             .await
             .is_err()
     );
+    assert_eq!(ring.get_ref().positions().producer, samples as usize * 112);
+    // The kernel drains once the reservation has gone to sleep.
+    let (asleep, asleep_rx) = mpsc::channel();
     let drain = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(30));
+        asleep_rx
+            .recv_timeout(LIMIT)
+            .expect("the reservation went to sleep");
         drainer.drain()
     });
-    let writer = tokio::time::timeout(LIMIT, space.writable())
+    let mut sleeps = 0;
+    let reserve = calling_on_sleep(ring.reserve(100), &mut sleeps, || {
+        let _ = asleep.send(());
+    });
+    let mut sample = tokio::time::timeout(LIMIT, reserve)
         .await
         .expect("the drain's EPOLLOUT woke the waiter")
         .unwrap();
-    writer.ring().output(&[4; 100]).unwrap();
+    assert!(sleeps >= 1);
+    sample.copy_from_slice(&[4; 100]);
+    sample.submit();
     assert_eq!(drain.join().unwrap(), samples);
-    // Room again right away: no wait.
-    space.writable().await.unwrap();
+    // Room again right away: no wait (a zero timeout still polls the reservation once).
+    tokio::time::timeout(Duration::ZERO, ring.reserve(100))
+        .await
+        .expect("room without waiting")
+        .unwrap()
+        .discard();
+    // Too large for the ring: refused at once instead of waiting forever.
+    assert!(matches!(
+        tokio::time::timeout(Duration::ZERO, ring.reserve(4096)).await,
+        Ok(Err(bpf_ringbuf::Error::Reserve(
+            bpf_ringbuf::ReserveError::TooLarge { .. }
+        )))
+    ));
+    assert_eq!(
+        ring.into_inner().positions().producer,
+        (samples as usize + 2) * 112
+    );
 }

@@ -3,8 +3,10 @@
 //! over `RawRingMemory`, reading records a BPF program produced.
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bpf_ringbuf::{Consumer, ReadError, RingBuf, RingMemory};
+use bpf_ringbuf::sys::rustix::mm::ProtFlags;
+use bpf_ringbuf::{Consumer, Positions, ReadError, RingBuf, RingMemory};
 use bpf_ringbuf_testkit::{self as kit, require_kernel};
 
 #[path = "../examples/byo_mapping.rs"]
@@ -43,29 +45,54 @@ fn hand_made_mapping_sees_the_same_positions_as_the_front_end() {
 
     let ring = LibraryRing::map(map.as_fd(), size).unwrap();
     assert_eq!(ring.size(), size);
-    let mut ours = Consumer::new(&ring).unwrap();
-    assert_eq!(ours.available().unwrap(), 5 * 48);
-    // Read two records through the hand-made mapping...
-    for _ in 0..2 {
-        assert_eq!(
-            ours.read_owned().unwrap().as_deref(),
-            Some(&byo::pattern(40)[..])
-        );
+    // The positions as the hand-made mapping shows them (its words can only be loaded).
+    let hand_made = |ring: &LibraryRing| Positions {
+        consumer: ring.consumer_pos().load_acquire(),
+        producer: ring.producer_pos().load_acquire(),
+    };
+    {
+        // SAFETY: this consumer is the process's only reader of the map while it lives (the
+        // front end below is opened after it is dropped); the consumer page is mapped
+        // read-write, and the producer is the kernel.
+        let mut ours = unsafe { Consumer::new(&ring) }.unwrap();
+        assert_eq!(ours.available().unwrap(), 5 * 48);
+        // Read two records through the hand-made mapping...
+        for _ in 0..2 {
+            assert_eq!(
+                ours.read_owned().unwrap().as_deref(),
+                Some(&byo::pattern(40)[..])
+            );
+        }
+        assert_eq!(ours.positions(), hand_made(&ring));
     }
     // ...and the crate's own front end, mapping the same map, continues after them.
     let mut front_end = RingBuf::new(&map).unwrap();
-    assert_eq!(front_end.positions(), ours.positions());
+    assert_eq!(front_end.positions(), hand_made(&ring));
     assert_eq!(front_end.positions().consumer, 2 * 48);
     let rest: Vec<Vec<u8>> = std::iter::from_fn(|| front_end.read_owned().unwrap()).collect();
     assert_eq!(rest, vec![byo::pattern(40); 3]);
-    // Both mappings show the kernel's pages: what one consumer published, the other sees.
-    assert_eq!(ours.positions().consumer, 5 * 48);
-    assert_eq!(ours.read_owned().unwrap(), None);
+    // Both mappings show the kernel's pages: what the front end published, the hand-made
+    // mapping sees.
+    assert_eq!(hand_made(&ring).consumer, 5 * 48);
+    assert_eq!(front_end.positions(), hand_made(&ring));
+    drop(front_end);
+    {
+        // A consumer over the hand-made mapping, made once the front end is gone, starts
+        // there.
+        // SAFETY: as above: the front end, the map's other reader, was dropped.
+        let mut ours = unsafe { Consumer::new(&ring) }.unwrap();
+        assert_eq!(ours.cursor(), 5 * 48);
+        assert_eq!(ours.read_owned().unwrap(), None);
+    }
 
     // The raw-pointer view of the same pages agrees too.
-    let raw = ring.as_raw();
+    // SAFETY: `ring` lives until the end of the test, past every use of `raw`.
+    let raw = unsafe { ring.as_raw() };
     assert_eq!(raw.size(), size);
-    assert_eq!(Consumer::new(raw).unwrap().positions(), ours.positions());
+    // SAFETY: the only reader of the map now (`ours` was dropped); as above otherwise.
+    let through_raw = unsafe { Consumer::new(raw) }.unwrap();
+    assert_eq!(through_raw.positions(), hand_made(&ring));
+    assert_eq!(through_raw.available(), Ok(0));
 }
 
 #[test]
@@ -78,11 +105,24 @@ fn a_wrong_size_is_caught_not_read_out_of_bounds() {
     // A size that is not a power of two never reaches mmap.
     assert!(LibraryRing::map(map.as_fd(), 3 * kit::page_size()).is_err());
 
-    // A corrupt consumer_pos written through the hand-made mapping gives a typed error.
+    // A corrupt consumer_pos, written by another mapping of the consumer page (as any process
+    // holding the map fd can), gives a typed error.
     let ring = LibraryRing::map(map.as_fd(), size).unwrap();
-    ring.consumer_pos()
-        .store(64, std::sync::atomic::Ordering::Release);
-    let mut consumer = Consumer::new(&ring).unwrap();
+    let other = kit::try_map(
+        map.as_fd(),
+        0,
+        kit::page_size(),
+        ProtFlags::READ | ProtFlags::WRITE,
+    )
+    .unwrap();
+    // SAFETY: the first word of a page-aligned mapping that lives until the end of the test;
+    // shared with the kernel and the hand-made mapping, so only accessed atomically.
+    let other_consumer_pos = unsafe { AtomicUsize::from_ptr(other.as_ptr().as_ptr().cast()) };
+    other_consumer_pos.store(64, Ordering::Release);
+    assert_eq!(ring.consumer_pos().load_acquire(), 64);
+    // SAFETY: the process's only reader of the map; the consumer page is mapped read-write,
+    // and the producer is the kernel.
+    let mut consumer = unsafe { Consumer::new(&ring) }.unwrap();
     assert_eq!(
         consumer.read_owned(),
         Err(ReadError::ConsumerAhead {
@@ -90,6 +130,11 @@ fn a_wrong_size_is_caught_not_read_out_of_bounds() {
             producer_pos: 0
         })
     );
-    consumer.resync();
+    // Nothing moved; resync moves consumer_pos to producer_pos, as every mapping sees (a
+    // cursor ahead of producer_pos says nothing about what was lost: the count is capped at
+    // what the ring can hold).
+    assert_eq!(other_consumer_pos.load(Ordering::Acquire), 64);
+    assert_eq!(consumer.resync(), size);
+    assert_eq!(other_consumer_pos.load(Ordering::Acquire), 0);
     assert_eq!(consumer.available().unwrap(), 0);
 }

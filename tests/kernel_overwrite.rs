@@ -4,14 +4,14 @@
 //! tests skip with the reason, and the feature probe must report a clear `Unsupported` error.
 //! The CI kernel matrix (`.ci/kernel-matrix`) runs them in a Linux 7.2 guest.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bpf_ringbuf::probe::{self, Feature, Support};
 use bpf_ringbuf::sys::{MapFlags, MapType};
-use bpf_ringbuf::{Error, OverwriteRingBuf, RingBuf};
+use bpf_ringbuf::{Error, MapSource, OpenError, OverwriteRingBuf, RingBuf, WaitOutcome};
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
 
 const OVERWRITE_SINCE: (u32, u32) = (6, 19);
@@ -76,21 +76,28 @@ fn overwrite_each_reader_refuses_the_other_mode() {
     assert!(
         matches!(
             error,
-            Error::OverwriteMode {
-                map_overwrites: false
-            }
+            Error::Open {
+                map: MapSource::Fd(fd),
+                reason: OpenError::OverwriteMode {
+                    map_overwrites: false
+                },
+            } if fd == normal.as_raw_fd()
         ),
         "{error}"
     );
+    assert!(error.to_string().contains("RingBuf"), "{error}");
     require_feature!(overwrite_missing());
     let overwrite = overwrite_map(kit::page_size());
     let error = RingBuf::new(&overwrite).unwrap_err();
     assert!(
         matches!(
             error,
-            Error::OverwriteMode {
-                map_overwrites: true
-            }
+            Error::Open {
+                map: MapSource::Fd(fd),
+                reason: OpenError::OverwriteMode {
+                    map_overwrites: true
+                },
+            } if fd == overwrite.as_raw_fd()
         ),
         "{error}"
     );
@@ -248,15 +255,19 @@ fn overwrite_wait_returns_when_the_producer_commits() {
     let sequence = kit::percpu_counter_map();
     let producer = kit::sequence_filled(map.as_fd(), sequence.as_fd(), 8);
     let mut ring = OverwriteRingBuf::new(&map).unwrap();
-    assert!(
-        !ring.wait(Some(Duration::from_millis(20))).unwrap(),
+    assert_eq!(
+        ring.wait(Some(Duration::from_millis(20))).unwrap(),
+        WaitOutcome::TimedOut,
         "empty ring times out"
     );
     let thread = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         producer.run(1);
     });
-    assert!(ring.wait(Some(Duration::from_secs(10))).unwrap());
+    assert_eq!(
+        ring.wait(Some(Duration::from_secs(10))).unwrap(),
+        WaitOutcome::Ready
+    );
     thread.join().unwrap();
     let mut buf = [0u8; 8];
     assert_eq!(ring.read_into(&mut buf).unwrap(), Some(8));

@@ -5,16 +5,18 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bpf_ringbuf::{
-    DropCounter, PollOutcome, Poller, ReserveError, RingBuf, RingId, SpaceWaiter, UserRingBuf,
-    UserRingSpace, WaitOutcome,
+    DropCounter, Error, OpenError, PollOutcome, Poller, ReserveError, RingBuf, UserRingBuf,
+    WaitOutcome,
 };
-use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, Commit};
+use bpf_ringbuf_testkit::{
+    self as kit, require_feature, require_kernel, Commit, EventFlags, SignalWatch,
+};
 
 /// A ring map with a stamped producer writing `len`-byte records into it.
 struct StampedRing {
@@ -45,9 +47,9 @@ fn stamped_ring(size: usize, len: u32, flags: u64) -> StampedRing {
 }
 
 /// Polls until `want` records came or `timeout` passed; returns them per ring as sequences.
-fn collect(poller: &mut Poller, want: usize, timeout: Duration) -> HashMap<RingId, Vec<u64>> {
+fn collect(poller: &mut Poller, want: usize, timeout: Duration) -> HashMap<u32, Vec<u64>> {
     let deadline = Instant::now() + timeout;
-    let mut seen: HashMap<RingId, Vec<u64>> = HashMap::new();
+    let mut seen: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut total = 0;
     while total < want {
         let outcome = poller
@@ -71,10 +73,16 @@ fn two_rings_in_one_poller_one_empty_then_both_delivered() {
     let first = stamped_ring(64 * 1024, 32, 0);
     let second = stamped_ring(64 * 1024, 32, 0);
     let mut poller = Poller::new().unwrap();
-    let first_id = poller.add(RingBuf::new(&first.map).unwrap()).unwrap();
-    let second_id = poller.add(RingBuf::new(&second.map).unwrap()).unwrap();
+    let first_ring = RingBuf::new(&first.map).unwrap();
+    let second_ring = RingBuf::new(&second.map).unwrap();
+    // Rings are named by their map ids.
+    let (first_map, second_map) = (first_ring.map_id(), second_ring.map_id());
+    let first_id = poller.add_ring(first_ring).unwrap();
+    let second_id = poller.add_ring(second_ring).unwrap();
+    assert_eq!((first_id, second_id), (first_map, second_map));
     assert_ne!(first_id, second_id);
     assert_eq!(poller.len(), 2);
+    assert_eq!(poller.ring(first_id).map(RingBuf::map_id), Some(first_id));
 
     // Nothing yet: the poll times out.
     assert_eq!(
@@ -122,8 +130,8 @@ fn budget_keeps_one_busy_ring_from_starving_the_others() {
     let quiet = stamped_ring(16 * 1024, 16, 0);
     let mut poller = Poller::new().unwrap();
     poller.set_budget(10);
-    let busy_id = poller.add(RingBuf::new(&busy.map).unwrap()).unwrap();
-    let quiet_id = poller.add(RingBuf::new(&quiet.map).unwrap()).unwrap();
+    let busy_id = poller.add_ring(RingBuf::new(&busy.map).unwrap()).unwrap();
+    let quiet_id = poller.add_ring(RingBuf::new(&quiet.map).unwrap()).unwrap();
     busy.producer.run(95);
     quiet.producer.run(3);
 
@@ -176,7 +184,7 @@ fn rings_are_added_and_removed_at_run_time() {
     let first = stamped_ring(16 * 1024, 16, 0);
     let second = stamped_ring(16 * 1024, 16, 0);
     let mut poller = Poller::new().unwrap();
-    let first_id = poller.add(RingBuf::new(&first.map).unwrap()).unwrap();
+    let first_id = poller.add_ring(RingBuf::new(&first.map).unwrap()).unwrap();
     first.producer.run(1);
     assert_eq!(
         collect(&mut poller, 1, Duration::from_secs(5))[&first_id],
@@ -185,15 +193,16 @@ fn rings_are_added_and_removed_at_run_time() {
 
     // Records already in a ring when it is added are delivered.
     second.producer.run(2);
-    let second_id = poller.add(RingBuf::new(&second.map).unwrap()).unwrap();
+    let second_id = poller.add_ring(RingBuf::new(&second.map).unwrap()).unwrap();
     assert_eq!(
         collect(&mut poller, 2, Duration::from_secs(5))[&second_id],
         [1, 2]
     );
 
     // A removed ring is no longer watched; its records stay in it.
-    let mut removed = poller.remove(first_id).unwrap().expect("first ring");
-    assert!(poller.remove(first_id).unwrap().is_none());
+    let mut removed = poller.remove_ring(first_id).unwrap().expect("first ring");
+    assert_eq!(removed.map_id(), first_id);
+    assert!(poller.remove_ring(first_id).unwrap().is_none());
     assert!(poller.ring(first_id).is_none());
     first.producer.run(1);
     assert_eq!(
@@ -233,7 +242,7 @@ fn flush_from_another_thread_wakes_the_poller_which_drains_then_reports_flushed(
     // NO_WAKEUP: the records raise no signal, so only the flush can end the sleep.
     let ring = stamped_ring(16 * 1024, 24, kit::NO_WAKEUP);
     let mut poller = Poller::new().unwrap();
-    let id = poller.add(RingBuf::new(&ring.map).unwrap()).unwrap();
+    let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     let flusher = poller.flusher().unwrap();
     let (started, started_rx) = mpsc::channel();
     let (done, done_rx) = mpsc::channel();
@@ -305,7 +314,7 @@ fn flush_and_close_wake_a_single_ring_wait() {
     let waiter = thread::spawn(move || {
         let mut log = Vec::new();
         loop {
-            let outcome = reader.wait_for(None).unwrap();
+            let outcome = reader.wait(None).unwrap();
             if outcome == WaitOutcome::Ready {
                 let count = reader.batch().iter().count();
                 log.push(format!("{count} records"));
@@ -334,7 +343,7 @@ fn deadline_expires_then_data_arrives() {
     let mut reader = RingBuf::new(&ring.map).unwrap();
     let mut poller = Poller::new().unwrap();
     let other = stamped_ring(16 * 1024, 16, 0);
-    let id = poller.add(RingBuf::new(&other.map).unwrap()).unwrap();
+    let id = poller.add_ring(RingBuf::new(&other.map).unwrap()).unwrap();
 
     let deadline = Instant::now() + Duration::from_millis(50);
     assert_eq!(
@@ -392,9 +401,9 @@ fn no_wakeup_records_are_drained_by_the_periodic_option() {
     let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
     // Watches the kernel's signals on the map without reading it (one reader per map and
     // process: the poller's RingBuf is the reader).
-    let signal_watch = SignalWatch::new(ring.map.as_fd());
+    let signal_watch = SignalWatch::new(ring.map.as_fd(), EventFlags::IN);
     let mut poller = Poller::new().unwrap();
-    let id = poller.add(RingBuf::new(&ring.map).unwrap()).unwrap();
+    let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     poller.set_periodic_drain(Some(Duration::from_millis(10)));
 
     let producer = thread::spawn(move || {
@@ -427,10 +436,10 @@ fn no_wakeup_records_are_drained_by_the_periodic_option() {
     assert!(stats.periodic_checks >= 1, "{stats:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
     // The kernel really sent no wakeup for these records.
-    assert!(!signal_watch.signalled(Duration::from_millis(10)));
+    assert!(!signal_watch.wait(Duration::from_millis(10)));
 
     // The same for a single ring.
-    let mut reader = poller.remove(id).unwrap().expect("the poller's ring");
+    let mut reader = poller.remove_ring(id).unwrap().expect("the poller's ring");
     reader.set_periodic_drain(Some(Duration::from_millis(10)));
     let producer = thread::spawn(move || {
         kit::pin_to_cpu(0);
@@ -439,7 +448,7 @@ fn no_wakeup_records_are_drained_by_the_periodic_option() {
         ring
     });
     assert_eq!(
-        reader.wait_for(Some(Duration::from_secs(20))).unwrap(),
+        reader.wait(Some(Duration::from_secs(20))).unwrap(),
         WaitOutcome::Ready
     );
     let _ring = producer.join().unwrap();
@@ -454,7 +463,7 @@ fn no_wakeup_records_are_found_when_a_poll_times_out() {
     kit::pin_to_cpu(0);
     let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
     let mut poller = Poller::new().unwrap();
-    poller.add(RingBuf::new(&ring.map).unwrap()).unwrap();
+    poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     assert_eq!(
         poller
             .poll(Some(Duration::from_millis(5)), |_, _| unreachable!())
@@ -516,12 +525,18 @@ fn drop_counter_refuses_maps_it_cannot_read() {
     let ring = kit::ringbuf_map(4096);
     assert!(matches!(
         DropCounter::new(&ring),
-        Err(bpf_ringbuf::Error::WrongMapType { .. })
+        Err(Error::Open {
+            reason: OpenError::WrongMapType {
+                found: bpf_ringbuf::sys::MapType::RINGBUF,
+                ..
+            },
+            ..
+        })
     ));
     let wide = kit::array_map(16);
     assert!(matches!(
         DropCounter::new(&wide),
-        Err(bpf_ringbuf::Error::Io(error)) if error.kind() == std::io::ErrorKind::InvalidInput
+        Err(Error::Io(error)) if error.kind() == std::io::ErrorKind::InvalidInput
     ));
     let counter = kit::percpu_counter_map();
     assert!(DropCounter::with_key(&counter, 1).is_err());
@@ -557,10 +572,12 @@ fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() 
     let reader_side = stamped_ring(16 * 1024, 16, 0);
 
     let mut poller = Poller::new().unwrap();
-    let reader = poller.add(RingBuf::new(&reader_side.map).unwrap()).unwrap();
-    let writer = poller
-        .add_writer(UserRingSpace::new(user_ring, 64))
+    let reader = poller
+        .add_ring(RingBuf::new(&reader_side.map).unwrap())
         .unwrap();
+    let user_ring_id = user_ring.map_id();
+    let writer = poller.add_user_ring(user_ring, 64).unwrap();
+    assert_eq!(writer, user_ring_id);
     // Full, and nothing to read: the poll times out.
     assert_eq!(
         poller
@@ -590,36 +607,88 @@ fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() 
     assert_eq!(poller.writable(), [writer]);
     assert!(poller.wait_stats().wakeups >= 1);
 
-    // Readers and writers share the poller.
+    // Readers and writers share the poller; a user ring is written through the shared
+    // reference the poller lends.
     reader_side.producer.run(2);
-    let space = poller.writer_mut::<UserRingSpace>(writer).unwrap();
-    space.ring().output(&[1; 64]).unwrap();
+    let user_ring = poller.user_ring(writer).unwrap();
+    user_ring.output(&[1; 64]).unwrap();
+    assert_eq!(user_ring.positions().producer, (samples + 1) * 72);
     let seen = collect(&mut poller, 2, Duration::from_secs(5));
     assert_eq!(seen[&reader], [1, 2]);
 
-    // Writers come back as their own type, and only as it.
-    assert!(poller.writer::<UserRingSpace>(reader).is_none());
-    assert!(poller.remove_writer::<Wrong>(writer).unwrap().is_none());
-    assert!(poller.remove(writer).unwrap().is_none(), "not a reader");
-    let space = poller
-        .remove_writer::<UserRingSpace>(writer)
-        .unwrap()
-        .unwrap();
-    assert_eq!(space.len(), 64);
+    // User rings come back as user rings, and readers as readers, only.
+    assert!(poller.user_ring(reader).is_none());
+    assert!(poller.ring(writer).is_none());
+    assert!(
+        !poller.set_space(reader, 64),
+        "a reader has no space to wait for"
+    );
+    assert!(
+        poller.remove_user_ring(reader).unwrap().is_none(),
+        "not a user ring"
+    );
+    assert!(
+        poller.remove_ring(writer).unwrap().is_none(),
+        "not a reader"
+    );
+    assert_eq!(poller.len(), 2, "a refused removal removes nothing");
+    let user_ring = poller.remove_user_ring(writer).unwrap().unwrap();
+    assert_eq!(user_ring.map_id(), writer);
+    assert!(poller.remove_user_ring(writer).unwrap().is_none());
     assert_eq!(poller.len(), 1);
+    assert_eq!(poller.ids().collect::<Vec<_>>(), [reader]);
 }
 
-/// A writer type that is not the one registered.
-struct Wrong(OwnedFd);
-
-impl SpaceWaiter for Wrong {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.0.as_fd()
-    }
-
-    fn has_space(&self) -> bool {
-        false
-    }
+#[test]
+fn the_space_a_user_ring_waits_for_can_change() {
+    require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
+    let map = kit::user_ringbuf_map(4096);
+    let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
+    let user_ring = UserRingBuf::new(&map).unwrap();
+    let samples = fill(&user_ring);
+    // 4096 - 56 * 72 = 64 bytes are free: room for a 56-byte payload, not for a 64-byte one.
+    assert_eq!(user_ring.free_space().unwrap(), 4096 - samples * 72);
+    let mut poller = Poller::new().unwrap();
+    let id = poller.add_user_ring(user_ring, 64).unwrap();
+    assert_eq!(
+        poller
+            .poll(Some(Duration::from_millis(30)), |_, _| unreachable!())
+            .unwrap(),
+        PollOutcome::TimedOut
+    );
+    // Waiting for less: the next poll checks again and finds the room, without a wakeup.
+    assert!(poller.set_space(id, 56));
+    assert_eq!(
+        poller
+            .poll(Some(Duration::from_millis(30)), |_, _| unreachable!())
+            .unwrap(),
+        PollOutcome::Ready {
+            records: 0,
+            writable: 1
+        }
+    );
+    assert_eq!(poller.writable(), [id]);
+    poller.user_ring(id).unwrap().output(&[2; 56]).unwrap();
+    // Full now for any payload: back to waiting, until the kernel drains.
+    assert!(poller.set_space(id, 0));
+    assert_eq!(
+        poller
+            .poll(Some(Duration::from_millis(30)), |_, _| unreachable!())
+            .unwrap(),
+        PollOutcome::TimedOut
+    );
+    assert!(poller.writable().is_empty());
+    assert_eq!(drainer.drain(), samples as i64 + 1);
+    assert_eq!(
+        poller
+            .poll(Some(Duration::from_secs(10)), |_, _| unreachable!())
+            .unwrap(),
+        PollOutcome::Ready {
+            records: 0,
+            writable: 1
+        }
+    );
 }
 
 #[test]
@@ -627,10 +696,23 @@ fn a_length_that_never_fits_is_reported_writable_so_reserve_can_say_why() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(4096);
-    let space = UserRingSpace::new(UserRingBuf::new(&map).unwrap(), 1 << 20);
-    assert!(space.has_space());
+    let user_ring = UserRingBuf::new(&map).unwrap();
+    // Full, so only the length can make it writable.
+    fill(&user_ring);
+    let mut poller = Poller::new().unwrap();
+    let id = poller.add_user_ring(user_ring, 1 << 20).unwrap();
+    assert_eq!(
+        poller
+            .poll(Some(Duration::from_secs(10)), |_, _| unreachable!())
+            .unwrap(),
+        PollOutcome::Ready {
+            records: 0,
+            writable: 1
+        }
+    );
+    assert_eq!(poller.writable(), [id]);
     assert!(matches!(
-        space.ring().reserve(space.len()),
+        poller.user_ring(id).unwrap().reserve(1 << 20),
         Err(ReserveError::TooLarge { .. })
     ));
 }
@@ -642,7 +724,7 @@ fn a_ring_read_directly_is_checked_by_the_next_poll() {
     // NO_WAKEUP: nothing but the poller's own bookkeeping can find the records left over.
     let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
     let mut poller = Poller::new().unwrap();
-    let id = poller.add(RingBuf::new(&ring.map).unwrap()).unwrap();
+    let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     assert_eq!(
         poller
             .poll(Some(Duration::ZERO), |_, _| unreachable!())
@@ -650,8 +732,11 @@ fn a_ring_read_directly_is_checked_by_the_next_poll() {
         PollOutcome::TimedOut
     );
     ring.producer.run(3);
-    let first = poller.ring_mut(id).unwrap().read_owned().unwrap().unwrap();
+    // Read directly: taken out of the poller (no `&mut` to a ring it holds), read, put back.
+    let mut direct = poller.remove_ring(id).unwrap().unwrap();
+    let first = direct.read_owned().unwrap().unwrap();
     assert_eq!(kit::stamp(&first).1, 1);
+    assert_eq!(poller.add_ring(direct).unwrap(), id);
     let started = Instant::now();
     let mut rest = Vec::new();
     let outcome = poller
@@ -673,6 +758,77 @@ fn a_ring_read_directly_is_checked_by_the_next_poll() {
 }
 
 #[test]
+fn a_moved_consumer_pos_is_reported_with_the_map_id_and_recovered_outside_the_poller() {
+    require_kernel!();
+    kit::pin_to_cpu(0);
+    let ring = stamped_ring(16 * 1024, 16, 0);
+    let other = stamped_ring(16 * 1024, 16, 0);
+    let mut poller = Poller::new().unwrap();
+    let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
+    let other_id = poller.add_ring(RingBuf::new(&other.map).unwrap()).unwrap();
+    ring.producer.run(3);
+    assert_eq!(
+        collect(&mut poller, 3, Duration::from_secs(5))[&id],
+        [1, 2, 3]
+    );
+    ring.producer.run(3);
+    // Another process holding the map fd moves consumer_pos past the three unread records.
+    let page = kit::try_map(
+        ring.map.as_fd(),
+        0,
+        kit::page_size(),
+        bpf_ringbuf::sys::rustix::mm::ProtFlags::READ
+            | bpf_ringbuf::sys::rustix::mm::ProtFlags::WRITE,
+    )
+    .unwrap();
+    // SAFETY: the first word of a page-aligned mapping that lives until the end of the test;
+    // shared with the kernel and the reader, so only accessed atomically.
+    let consumer_pos =
+        unsafe { std::sync::atomic::AtomicUsize::from_ptr(page.as_ptr().as_ptr().cast()) };
+    let cursor = poller.ring(id).unwrap().cursor();
+    let producer = poller.ring(id).unwrap().positions().producer;
+    consumer_pos.store(producer, std::sync::atomic::Ordering::SeqCst);
+    match poller.poll(Some(Duration::from_secs(5)), |_, _| unreachable!()) {
+        Err(Error::Read {
+            map_id: Some(map_id),
+            error,
+        }) => {
+            assert_eq!(map_id, id);
+            assert_eq!(
+                error,
+                bpf_ringbuf::ReadError::ConsumerPosMoved {
+                    expected: cursor,
+                    found: producer
+                }
+            );
+        }
+        other => panic!("expected a read error, got {other:?}"),
+    }
+    // It stays queued: the next poll reports it again, and nothing moved.
+    assert!(matches!(
+        poller.poll(Some(Duration::ZERO), |_, _| unreachable!()),
+        Err(Error::Read { map_id: Some(map_id), .. }) if map_id == id
+    ));
+    assert_eq!(
+        consumer_pos.load(std::sync::atomic::Ordering::SeqCst),
+        producer
+    );
+    // Recovered outside the poller: take it out, resume from its own cursor, put it back.
+    let mut taken = poller.remove_ring(id).unwrap().unwrap();
+    taken.resume().unwrap();
+    assert_eq!(
+        consumer_pos.load(std::sync::atomic::Ordering::SeqCst),
+        cursor
+    );
+    poller.add_ring(taken).unwrap();
+    // Nothing was lost, and the other ring is served alongside.
+    other.producer.run(1);
+    let seen = collect(&mut poller, 4, Duration::from_secs(5));
+    assert_eq!(seen[&id], [4, 5, 6]);
+    assert_eq!(seen[&other_id], [1]);
+}
+
+#[test]
 fn per_cpu_rings_with_producers_on_both_cpus_strand_nothing() {
     require_kernel!();
     // One ring per CPU, as per-CPU ring setups do, each fed in bursts by a producer pinned
@@ -685,9 +841,9 @@ fn per_cpu_rings_with_producers_on_both_cpus_strand_nothing() {
     let rings: Vec<StampedRing> = (0..cpus).map(|_| stamped_ring(64 * 1024, 32, 0)).collect();
     let mut poller = Poller::new().unwrap();
     poller.set_budget(64);
-    let ids: Vec<RingId> = rings
+    let ids: Vec<u32> = rings
         .iter()
-        .map(|ring| poller.add(RingBuf::new(&ring.map).unwrap()).unwrap())
+        .map(|ring| poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap())
         .collect();
     let mut drops: Vec<DropCounter> = rings
         .iter()
@@ -753,45 +909,4 @@ fn per_cpu_rings_with_producers_on_both_cpus_strand_nothing() {
     assert_eq!(poller.stats().records, total);
     let stats = poller.wait_stats();
     assert!(stats.wakeups >= 1, "{stats:?}");
-}
-
-/// An edge-triggered epoll set on a map fd: sees the kernel's wakeups without reading the ring.
-struct SignalWatch {
-    epoll: OwnedFd,
-}
-
-impl SignalWatch {
-    fn new(map: BorrowedFd<'_>) -> Self {
-        use bpf_ringbuf::sys::rustix::event::epoll;
-        let set = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
-        epoll::add(
-            &set,
-            map,
-            epoll::EventData::new_u64(0),
-            epoll::EventFlags::IN | epoll::EventFlags::ET,
-        )
-        .unwrap();
-        // Consume the event queued at registration if the ring was already readable.
-        let mut events = [epoll::Event {
-            flags: epoll::EventFlags::empty(),
-            data: epoll::EventData::new_u64(0),
-        }];
-        let zero = bpf_ringbuf::sys::rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        epoll::wait(&set, &mut events[..], Some(&zero)).unwrap();
-        Self { epoll: set }
-    }
-
-    /// Whether the kernel signalled the map since the last call (waiting up to `timeout`).
-    fn signalled(&self, timeout: Duration) -> bool {
-        use bpf_ringbuf::sys::rustix::event::epoll;
-        let mut events = [epoll::Event {
-            flags: epoll::EventFlags::empty(),
-            data: epoll::EventData::new_u64(0),
-        }];
-        let timeout = bpf_ringbuf::sys::rustix::time::Timespec::try_from(timeout).unwrap();
-        epoll::wait(&self.epoll, &mut events[..], Some(&timeout)).unwrap() > 0
-    }
 }

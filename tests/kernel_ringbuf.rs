@@ -7,10 +7,12 @@
 //!
 //! Every test uses its own maps, so the tests run in parallel. Wakeups travel through the
 //! kernel's irq_work, asynchronously: a test that expects a signal allows [`SIGNAL`] for it;
-//! a test that expects none watches for [`NO_SIGNAL`].
+//! a test that expects none watches for [`NO_SIGNAL`]. The kernel's wakeup decisions are
+//! observed with a [`kit::SignalWatch`] of the test's own on the map fd, made before the
+//! records in question are produced.
 
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -19,8 +21,12 @@ use std::time::{Duration, Instant};
 
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::sys::{map_info, obj_pin, MapType, Mapping};
-use bpf_ringbuf::{Error, ReadError, Readiness, RingBuf};
-use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, Commit, SamplerWord};
+use bpf_ringbuf::{
+    Error, MapSource, OpenError, ReadError, Readiness, RingBuf, UserRingBuf, WaitOutcome,
+};
+use bpf_ringbuf_testkit::{
+    self as kit, require_feature, require_kernel, Commit, EventFlags, SamplerWord, SignalWatch,
+};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, MprotectFlags, MremapFlags, ProtFlags};
 
@@ -113,11 +119,20 @@ fn consumer_page_is_writable_at_offset_zero_for_exactly_one_page() {
     let map = kit::ringbuf_map(page());
     let ring = RingBuf::new(&map).unwrap();
     let consumer = ConsumerPage::map(map.as_fd());
-    // Writable, and shared with the ring's own mapping.
+    // Writable, and shared with the ring's own mapping: the reader sees the word change, and
+    // reports that someone else wrote it.
     consumer.store(64);
     assert_eq!(ring.positions().consumer, 64);
+    assert_eq!(
+        ring.available(),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 0,
+            found: 64
+        })
+    );
     consumer.store(0);
     assert_eq!(ring.positions().consumer, 0);
+    assert_eq!(ring.available(), Ok(0));
 
     // Writable means exactly one page at offset 0.
     assert_eq!(
@@ -313,17 +328,17 @@ fn selftest_wakeup_modes_seen_by_a_background_waiter() {
     let map = kit::ringbuf_map(page());
     let sampler = kit::selftest_sampler(map.as_fd());
     let mut ring = RingBuf::new(&map).unwrap();
+    let watch = SignalWatch::new(ring.map_fd(), EventFlags::IN);
     // A first round, read in full: the consumer has caught up.
     sampler.trigger_samples();
-    assert!(ring.wait_for_signal(SIGNAL).unwrap(), "adaptive wakeup");
+    assert!(watch.wait(SIGNAL), "adaptive wakeup");
     assert_eq!(drain(&mut ring).len(), 2);
-    assert!(!ring.wait_for_signal(Duration::from_millis(20)).unwrap());
+    assert!(!watch.wait(Duration::from_millis(20)));
 
     let (signalled, waited) = mpsc::channel();
     let waiter = thread::spawn(move || {
-        let signal = ring.wait_for_signal(Duration::from_secs(10)).unwrap();
+        let signal = watch.wait(Duration::from_secs(10));
         signalled.send(signal).unwrap();
-        ring
     });
     thread::sleep(Duration::from_millis(50));
 
@@ -353,7 +368,7 @@ fn selftest_wakeup_modes_seen_by_a_background_waiter() {
     sampler.set(SamplerWord::Value, 777);
     sampler.run();
     assert_eq!(waited.recv_timeout(SIGNAL), Ok(true));
-    let mut ring = waiter.join().unwrap();
+    waiter.join().unwrap();
 
     // 3 rounds, 2 samples each, in order.
     let samples: Vec<_> = drain(&mut ring).iter().map(|r| kit::sample(r)).collect();
@@ -688,7 +703,7 @@ fn ring_outlives_the_fd_it_was_opened_from() {
     drop(map);
     assert_eq!(map_info(ring.map_fd()).unwrap().id, id);
     out.emit(b"after close", 0, 2);
-    assert!(ring.wait(Some(SIGNAL)).unwrap());
+    assert!(ring.wait(Some(SIGNAL)).unwrap().is_ready());
     assert_eq!(
         drain(&mut ring),
         [b"after close".to_vec(), b"after close".to_vec()]
@@ -704,22 +719,17 @@ fn adaptive_wakeup_only_when_the_consumer_has_caught_up() {
     let map = kit::ringbuf_map(4 * page());
     let out = kit::variable_output(map.as_fd());
     let mut ring = RingBuf::new(&map).unwrap();
+    let watch = SignalWatch::new(ring.map_fd(), EventFlags::IN);
     out.emit(b"first", 0, 1);
-    assert!(
-        ring.wait_for_signal(SIGNAL).unwrap(),
-        "first record at consumer_pos"
-    );
+    assert!(watch.wait(SIGNAL), "first record at consumer_pos");
     out.emit(b"second", 0, 1);
-    assert!(
-        !ring.wait_for_signal(NO_SIGNAL).unwrap(),
-        "consumer is behind"
-    );
+    assert!(!watch.wait(NO_SIGNAL), "consumer is behind");
     assert_eq!(drain(&mut ring).len(), 2);
     // Caught up: the next record wakes again; the ones behind it in the same run do not
     // add a second signal.
     out.emit(b"third", 0, 3);
-    assert!(ring.wait_for_signal(SIGNAL).unwrap());
-    assert!(!ring.wait_for_signal(NO_SIGNAL).unwrap());
+    assert!(watch.wait(SIGNAL));
+    assert!(!watch.wait(NO_SIGNAL));
     assert_eq!(drain(&mut ring).len(), 3);
 }
 
@@ -729,11 +739,15 @@ fn no_wakeup_never_signals_but_wait_finds_the_data() {
     let map = kit::ringbuf_map(4 * page());
     let out = kit::variable_output(map.as_fd());
     let mut ring = RingBuf::new(&map).unwrap();
+    let watch = SignalWatch::new(ring.map_fd(), EventFlags::IN);
     out.emit(b"quiet", kit::NO_WAKEUP, 3);
-    assert!(!ring.wait_for_signal(NO_SIGNAL).unwrap());
+    assert!(!watch.wait(NO_SIGNAL));
     // `wait` looks at the ring before sleeping: it returns at once.
     let sleeps = ring.wait_stats().sleeps;
-    assert!(ring.wait(Some(Duration::from_secs(5))).unwrap());
+    assert_eq!(
+        ring.wait(Some(Duration::from_secs(5))).unwrap(),
+        WaitOutcome::Ready
+    );
     assert_eq!(
         ring.wait_stats().sleeps,
         sleeps,
@@ -748,21 +762,22 @@ fn force_wakeup_signals_even_when_the_consumer_is_behind() {
     let map = kit::ringbuf_map(4 * page());
     let out = kit::variable_output(map.as_fd());
     let mut ring = RingBuf::new(&map).unwrap();
+    let watch = SignalWatch::new(ring.map_fd(), EventFlags::IN);
     out.emit(b"a", 0, 1);
-    assert!(ring.wait_for_signal(SIGNAL).unwrap());
+    assert!(watch.wait(SIGNAL));
     out.emit(b"b", 0, 1);
-    assert!(!ring.wait_for_signal(NO_SIGNAL).unwrap());
+    assert!(!watch.wait(NO_SIGNAL));
     out.emit(b"c", kit::FORCE_WAKEUP, 1);
-    assert!(ring.wait_for_signal(SIGNAL).unwrap());
+    assert!(watch.wait(SIGNAL));
     out.emit(b"d", kit::FORCE_WAKEUP, 1);
-    assert!(ring.wait_for_signal(SIGNAL).unwrap());
+    assert!(watch.wait(SIGNAL));
     assert_eq!(
         drain(&mut ring),
         [b"a", b"b", b"c", b"d"].map(|r| r.to_vec())
     );
     // NO_WAKEUP wins over a caught-up consumer.
     out.emit(b"e", kit::NO_WAKEUP, 1);
-    assert!(!ring.wait_for_signal(NO_SIGNAL).unwrap());
+    assert!(!watch.wait(NO_SIGNAL));
     assert_eq!(drain(&mut ring), [b"e".to_vec()]);
 }
 
@@ -781,7 +796,7 @@ fn a_signal_for_records_already_read_does_not_wake_wait() {
     thread::sleep(Duration::from_millis(50)); // let the irq_work deliver the signal
                                               // epoll re-polls the fd before reporting an edge (ep_send_events), and the ring fd is no
                                               // longer ready (producer_pos == consumer_pos): the stale signal is dropped.
-    assert!(!ring.wait(Some(NO_SIGNAL)).unwrap());
+    assert_eq!(ring.wait(Some(NO_SIGNAL)).unwrap(), WaitOutcome::TimedOut);
     let stats = ring.wait_stats();
     assert_eq!(
         (stats.sleeps, stats.wakeups, stats.spurious_wakeups),
@@ -790,7 +805,7 @@ fn a_signal_for_records_already_read_does_not_wake_wait() {
     );
     // A record produced after that does wake it.
     out.emit(b"later", 0, 1);
-    assert!(ring.wait(Some(SIGNAL)).unwrap());
+    assert_eq!(ring.wait(Some(SIGNAL)).unwrap(), WaitOutcome::Ready);
     assert_eq!(drain(&mut ring), [b"later".to_vec()]);
 }
 
@@ -812,7 +827,7 @@ fn the_epoll_fd_nests_in_another_event_loop() {
     assert_eq!(poll(&ring, Duration::from_millis(50)), 0);
     out.emit(b"nested", 0, 1);
     assert_eq!(poll(&ring, SIGNAL), 1);
-    assert!(ring.wait(Some(Duration::ZERO)).unwrap());
+    assert_eq!(ring.wait(Some(Duration::ZERO)).unwrap(), WaitOutcome::Ready);
     assert_eq!(drain(&mut ring), [b"nested".to_vec()]);
 }
 
@@ -823,12 +838,15 @@ fn wait_times_out_on_an_empty_ring() {
     let mut ring = RingBuf::new(&map).unwrap();
     let timeout = Duration::from_millis(100);
     let start = Instant::now();
-    assert!(!ring.wait(Some(timeout)).unwrap());
+    assert_eq!(ring.wait(Some(timeout)).unwrap(), WaitOutcome::TimedOut);
     assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
     let stats = ring.wait_stats();
     assert!(stats.sleeps >= 1, "{stats:?}");
     assert_eq!(stats.wakeups, 0, "{stats:?}");
-    assert!(!ring.wait(Some(Duration::ZERO)).unwrap());
+    assert_eq!(
+        ring.wait(Some(Duration::ZERO)).unwrap(),
+        WaitOutcome::TimedOut
+    );
 }
 
 #[test]
@@ -841,7 +859,7 @@ fn wait_without_timeout_returns_when_another_thread_produces() {
         thread::sleep(Duration::from_millis(50));
         out.emit(b"from another thread", 0, 1);
     });
-    assert!(ring.wait(None).unwrap());
+    assert_eq!(ring.wait(None).unwrap(), WaitOutcome::Ready);
     producer.join().unwrap();
     assert_eq!(drain(&mut ring), [b"from another thread".to_vec()]);
 }
@@ -859,8 +877,9 @@ fn busy_record_attempt(attempt: u64, before: usize) -> bool {
     let mut ring = RingBuf::new(&map).unwrap();
     emit_numbered(&out, 0..before);
     if before > 0 {
-        // Absorb the signal of the first record, so every later wakeup is counted below.
-        assert!(ring.wait_for_signal(SIGNAL).unwrap());
+        // Take the signal of the first record from the reader's own epoll set, so every later
+        // wakeup its wait counts is one of those below.
+        assert!(kit::epoll_signalled(ring.epoll_fd(), SIGNAL));
     }
     let held_at = ring.positions().producer;
     let holding = thread::spawn(move || {
@@ -899,7 +918,10 @@ fn busy_record_attempt(attempt: u64, before: usize) -> bool {
     assert_eq!(ring.check_before_sleep(), Readiness::HeadBusy);
 
     let stats_before = ring.wait_stats();
-    assert!(ring.wait(Some(Duration::from_secs(10))).unwrap());
+    assert_eq!(
+        ring.wait(Some(Duration::from_secs(10))).unwrap(),
+        WaitOutcome::Ready
+    );
     // `wait` returned: the record is committed and readable right away.
     let record = ring
         .read_owned()
@@ -1125,12 +1147,29 @@ fn pinned_map_reopened_mid_stream_continues_where_the_reader_stopped() {
     assert_eq!(ring.positions().consumer, stopped_at);
     emit_numbered(&out, 10..12);
     assert_eq!(drain(&mut ring), numbered(5..12));
-    // One reader per map and process: a third one is refused while the second lives...
+    // One reader per map and process: a third one is refused while the second lives, however
+    // it is named (the pin, the id, another fd of the map)...
     let id = ring.map_id();
+    match RingBuf::from_pinned(&pin) {
+        Err(Error::Open {
+            map: MapSource::Pinned(path),
+            reason: OpenError::InUse { map_id },
+        }) => assert_eq!((path, map_id), (pin.clone(), id)),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    match RingBuf::from_map_id(id) {
+        Err(Error::Open {
+            map: MapSource::Id(named),
+            reason: OpenError::InUse { map_id },
+        }) => assert_eq!((named, map_id), (id, id)),
+        other => panic!("expected InUse, got {other:?}"),
+    }
     assert!(matches!(
-        RingBuf::from_pinned(&pin),
-        Err(Error::ReaderExists { map_id }) if map_id == id
+        RingBuf::new(ring.map_fd()),
+        Err(Error::Open { reason: OpenError::InUse { map_id }, .. }) if map_id == id
     ));
+    // The refused opens moved nothing.
+    assert_eq!(ring.available(), Ok(0));
     // ...and, once it is gone, starts at the position the second one published.
     let published = ring.positions();
     drop(ring);
@@ -1138,8 +1177,23 @@ fn pinned_map_reopened_mid_stream_continues_where_the_reader_stopped() {
     assert_eq!(third.positions(), published);
     assert_eq!(third.available(), Ok(0));
 
+    drop(third);
     std::fs::remove_file(&pin).unwrap();
-    assert!(matches!(RingBuf::from_pinned(&pin), Err(Error::Bpf(e)) if e.errno() == Errno::NOENT));
+    let error = RingBuf::from_pinned(&pin).unwrap_err();
+    match &error {
+        Error::Open {
+            map: MapSource::Pinned(path),
+            reason: OpenError::NotFound,
+        } => assert_eq!(path, &pin),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // The message names the path, and io::Error sees "not found".
+    let message = error.to_string();
+    assert!(message.contains(&*pin.to_string_lossy()), "{message}");
+    assert_eq!(
+        std::io::Error::from(error).kind(),
+        std::io::ErrorKind::NotFound
+    );
 }
 
 #[test]
@@ -1173,29 +1227,144 @@ fn wrong_map_types_are_refused() {
         (percpu.as_fd(), MapType::PERCPU_ARRAY),
     ] {
         match RingBuf::new(fd) {
-            Err(Error::WrongMapType {
-                expected,
-                found: actual,
-            }) => assert_eq!((expected, actual), (MapType::RINGBUF, found)),
+            Err(Error::Open {
+                map: MapSource::Fd(raw),
+                reason:
+                    OpenError::WrongMapType {
+                        expected,
+                        found: actual,
+                    },
+            }) => {
+                assert_eq!((expected, actual), (MapType::RINGBUF, found));
+                assert_eq!(raw, fd.as_raw_fd());
+            }
             other => panic!("{found}: {other:?}"),
         }
         let id = map_info(fd).unwrap().id;
-        assert!(matches!(
-            RingBuf::from_map_id(id),
-            Err(Error::WrongMapType { found: actual, .. }) if actual == found
-        ));
+        match RingBuf::from_map_id(id) {
+            Err(Error::Open {
+                map: MapSource::Id(named),
+                reason: OpenError::WrongMapType { found: actual, .. },
+            }) => assert_eq!((named, actual), (id, found)),
+            other => panic!("{found}: {other:?}"),
+        }
     }
     let error = RingBuf::new(array.as_fd()).unwrap_err();
     assert!(error.to_string().contains("expected"), "{error}");
+    // The message names the map as it was given.
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("map fd {}", array.as_raw_fd())),
+        "{error}"
+    );
+}
+
+#[test]
+fn fds_that_are_not_maps_are_refused_as_not_a_map() {
+    require_kernel!();
+    require_feature!(kit::user_ringbuf_missing());
+    let map = kit::ringbuf_map(page());
+    // A BPF program (here, one that writes into a ring) is no map.
+    let program = kit::variable_output(map.as_fd());
+    let program_fd = program.fd();
+    for error in [
+        RingBuf::new(program_fd).unwrap_err(),
+        UserRingBuf::new(program_fd).unwrap_err(),
+    ] {
+        match &error {
+            Error::Open {
+                map: MapSource::Fd(raw),
+                reason: OpenError::NotAMap { object },
+            } => {
+                assert_eq!(*raw, program_fd.as_raw_fd());
+                assert!(object.contains("bpf-prog"), "{object}");
+            }
+            other => panic!("expected NotAMap, got {other:?}"),
+        }
+        assert!(error.to_string().contains("not a BPF map"), "{error}");
+    }
+    // Neither is a regular file; the error says what it is.
+    let path = std::env::temp_dir().join(format!("bpf-ringbuf-not-a-map-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    for error in [
+        RingBuf::new(&file).unwrap_err(),
+        UserRingBuf::from_owned_fd(file.try_clone().unwrap().into()).unwrap_err(),
+    ] {
+        match &error {
+            Error::Open {
+                map: MapSource::Fd(_),
+                reason: OpenError::NotAMap { object },
+            } => assert_eq!(
+                object,
+                &*std::fs::canonicalize(&path).unwrap().to_string_lossy()
+            ),
+            other => panic!("expected NotAMap, got {other:?}"),
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+    // A map id that no map has.
+    match RingBuf::from_map_id(u32::MAX) {
+        Err(Error::Open {
+            map: MapSource::Id(u32::MAX),
+            reason: OpenError::NotFound,
+        }) => {}
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // None of this claimed the real map: it still opens, and works.
+    let mut ring = RingBuf::new(&map).unwrap();
+    program.emit(b"still a ring", 0, 1);
+    assert_eq!(drain(&mut ring), [b"still a ring".to_vec()]);
 }
 
 // ---------------------------------------------------------------------------------------------
 // A hostile consumer_pos, written by someone else holding the map fd.
 
-/// Writes `hostile(consumer_pos, producer_pos)` into `consumer_pos` through a second mapping,
-/// checks that every read API reports `expected` without moving anything, then resyncs and
-/// checks that later records arrive intact. `kernel_accepts` says whether the kernel still
-/// accepts records while the position is hostile.
+/// Checks that every read API of `ring` reports `error`, that `wait` does not sleep on it
+/// (the next read reports it), and that none of it moved either position or the reader's
+/// cursor. Errors in the positions are reported by `available` too; errors in a header are
+/// not (it does not read headers).
+fn every_read_reports(ring: &mut RingBuf, page: &ConsumerPage, error: ReadError) {
+    let consumer_pos = page.load();
+    let positions = ring.positions();
+    let cursor = ring.cursor();
+    match error {
+        ReadError::RecordOutOfBounds { .. } => assert_eq!(
+            ring.available(),
+            Ok(distance(positions.consumer, positions.producer))
+        ),
+        _ => assert_eq!(ring.available(), Err(error)),
+    }
+    {
+        let batch = ring.batch();
+        assert_eq!(batch.next_record(), Some(Err(error)));
+        assert_eq!(batch.next_record(), None);
+    }
+    assert_eq!(
+        ring.consume(usize::MAX, |_| ControlFlow::Continue(())),
+        Err(error)
+    );
+    assert_eq!(ring.read_into(&mut [0u8; 4096]), Err(error));
+    assert_eq!(ring.read_vec(&mut Vec::new()), Err(error));
+    assert_eq!(ring.read_owned(), Err(error));
+    assert_eq!(ring.check_before_sleep(), Readiness::Readable);
+    let sleeps = ring.wait_stats().sleeps;
+    assert_eq!(
+        ring.wait(Some(Duration::from_secs(5))).unwrap(),
+        WaitOutcome::Ready
+    );
+    assert_eq!(ring.wait_stats().sleeps, sleeps, "wait slept on {error:?}");
+    // Nothing moved.
+    assert_eq!(page.load(), consumer_pos);
+    assert_eq!(ring.positions(), positions);
+    assert_eq!(ring.cursor(), cursor);
+}
+
+/// Writes `hostile(consumer_pos, producer_pos)` into `consumer_pos` through a second mapping.
+/// The reader first reports that someone else moved its position (`ConsumerPosMoved`); once
+/// it adopts the position (`follow`), every read API reports `expected` without moving
+/// anything; then it resyncs, and later records arrive intact. `kernel_accepts` says whether
+/// the kernel still accepts records while the position is hostile.
 fn hostile_consumer_pos(
     hostile: impl Fn(usize, usize) -> usize,
     expected: impl Fn(usize, usize) -> ReadError,
@@ -1212,25 +1381,20 @@ fn hostile_consumer_pos(
     let page = ConsumerPage::map(map.as_fd());
     page.store(bad);
 
-    assert_eq!(ring.available(), Err(error));
-    {
-        let batch = ring.batch();
-        assert_eq!(batch.next_record(), Some(Err(error)));
-        assert_eq!(batch.next_record(), None);
-    }
-    assert_eq!(
-        ring.consume(usize::MAX, |_| ControlFlow::Continue(())),
-        Err(error)
+    // The reader keeps its own cursor: the move itself is what it reports first.
+    every_read_reports(
+        &mut ring,
+        &page,
+        ReadError::ConsumerPosMoved {
+            expected: positions.consumer,
+            found: bad,
+        },
     );
-    assert_eq!(ring.read_into(&mut [0u8; 4096]), Err(error));
-    assert_eq!(ring.read_vec(&mut Vec::new()), Err(error));
-    assert_eq!(ring.read_owned(), Err(error));
-    // `wait` does not sleep on a corrupt ring: the next read reports it.
-    assert_eq!(ring.check_before_sleep(), Readiness::Readable);
-    assert!(ring.wait(Some(Duration::from_secs(5))).unwrap());
-    // Nothing moved.
-    assert_eq!(page.load(), bad);
-    assert_eq!(ring.positions().producer, positions.producer);
+    assert_eq!(ring.cursor(), positions.consumer);
+    // Adopting the hostile position makes the reader validate it like its own.
+    ring.follow();
+    assert_eq!(ring.cursor(), bad);
+    every_read_reports(&mut ring, &page, error);
 
     // What the kernel does with such a position.
     assert_eq!(out.try_emit(b"during", 0, 1), kernel_accepts);
@@ -1264,7 +1428,7 @@ fn misaligned_consumer_pos_is_reported_then_resync_recovers() {
     require_kernel!();
     hostile_consumer_pos(
         |consumer, _| consumer + 4,
-        |consumer_pos, _| ReadError::MisalignedPosition { consumer_pos },
+        |position, _| ReadError::MisalignedPosition { position },
         true,
     );
 }
@@ -1296,14 +1460,24 @@ fn consumer_pos_at_a_record_payload_is_reported_as_out_of_bounds() {
     out.emit(&payload, 0, 1);
     let page = ConsumerPage::map(map.as_fd());
     page.store(16); // the header is at 0, the payload at 8: payload[8..] is read as a header
-    assert!(matches!(
+    assert_eq!(
         ring.batch().next_record(),
-        Some(Err(ReadError::RecordOutOfBounds {
+        Some(Err(ReadError::ConsumerPosMoved {
+            expected: 0,
+            found: 16
+        }))
+    );
+    ring.follow();
+    every_read_reports(
+        &mut ring,
+        &page,
+        ReadError::RecordOutOfBounds {
             position: 16,
             header: 3000,
-            ..
-        }))
-    ));
+            record_size: record_size(3000),
+            available: 24,
+        },
+    );
     assert_eq!(page.load(), 16);
     assert_eq!(ring.resync(), 24);
     out.emit(b"fine", 0, 1);
@@ -1322,6 +1496,16 @@ fn hostile_consumer_pos_cannot_make_the_kernel_hand_out_overlapping_records() {
     let mut ring = RingBuf::new(&map).unwrap();
     let page_mapping = ConsumerPage::map(map.as_fd());
     page_mapping.store(3 * page());
+    // The reader sees that someone else wrote its position...
+    assert_eq!(
+        ring.available(),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 0,
+            found: 3 * page(),
+        })
+    );
+    // ...and, once it adopts it, that the position is ahead of the producer.
+    ring.follow();
     assert_eq!(
         ring.available(),
         Err(ReadError::ConsumerAhead {
@@ -1338,9 +1522,9 @@ fn hostile_consumer_pos_cannot_make_the_kernel_hand_out_overlapping_records() {
     let record = record_size(3 * page());
     assert_eq!(ring.positions().producer, record);
     assert_eq!(ring.available(), Ok(record - 3 * page()));
-    // Nothing tells that position from an honest one: the reader parses the (zeroed, never
-    // written) payload bytes there as a header, an empty committed record. Safe, in bounds,
-    // and the positions agree again afterwards.
+    // Once adopted, nothing tells that position from an honest one: the reader parses the
+    // (zeroed, never written) payload bytes there as a header, an empty committed record.
+    // Safe, in bounds, and the positions agree again afterwards.
     assert_eq!(ring.read_owned(), Ok(Some(Vec::new())));
     assert_eq!(ring.positions().consumer, record);
     assert_eq!(ring.available(), Ok(0));
@@ -1353,6 +1537,190 @@ fn hostile_consumer_pos_cannot_make_the_kernel_hand_out_overlapping_records() {
     assert_eq!(ring.resync(), record, "the discarded reservation");
     emit_numbered(&out, 0..3);
     assert_eq!(drain(&mut ring), numbered(0..3));
+}
+
+#[test]
+fn busy_looking_garbage_at_a_moved_consumer_pos_is_out_of_bounds_not_a_wait() {
+    require_kernel!();
+    // consumer_pos moved onto a payload word with bit 31 set: it reads as a BUSY header. A
+    // real reservation always fits before producer_pos (__bpf_ringbuf_reserve writes its
+    // header before it releases producer_pos past it), so a BUSY header claiming more than
+    // was produced is garbage to report; waiting for its commit would wait forever.
+    let map = kit::ringbuf_map(page());
+    let out = kit::variable_output(map.as_fd());
+    let mut ring = RingBuf::new(&map).unwrap();
+    let garbage = 0x8000_0000 | 3000u32;
+    let mut payload = vec![0u8; 32];
+    payload[8..12].copy_from_slice(&garbage.to_ne_bytes());
+    out.emit(&payload, 0, 1);
+    // The header is at 0, the payload at 8: payload[8..] is read as a header at 16.
+    let page = ConsumerPage::map(map.as_fd());
+    page.store(16);
+    let error = ReadError::RecordOutOfBounds {
+        position: 16,
+        header: garbage,
+        record_size: record_size(3000),
+        available: 24,
+    };
+    // The open reader reports the move; once it follows it, the garbage head.
+    assert_eq!(
+        ring.available(),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 0,
+            found: 16
+        })
+    );
+    ring.follow();
+    // batch, consume, read_into, read_vec, read_owned report it; wait returns at once.
+    every_read_reports(&mut ring, &page, error);
+    // A reader opened onto the moved position reports the same.
+    drop(ring);
+    let mut ring = RingBuf::new(&map).unwrap();
+    assert_eq!(ring.cursor(), 16);
+    every_read_reports(&mut ring, &page, error);
+    let started = Instant::now();
+    assert_eq!(
+        ring.wait(Some(Duration::from_secs(10))).unwrap(),
+        WaitOutcome::Ready
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "wait slept");
+    assert_eq!(ring.resync(), 24);
+    out.emit(b"fine", 0, 1);
+    assert_eq!(drain(&mut ring), [b"fine".to_vec()]);
+}
+
+#[test]
+fn consumer_pos_moved_forward_over_unread_records_is_reported_and_resume_loses_nothing() {
+    require_kernel!();
+    let map = kit::ringbuf_map(4 * page());
+    let out = kit::variable_output(map.as_fd());
+    let mut ring = RingBuf::new(&map).unwrap();
+    emit_numbered(&out, 0..10);
+    assert_eq!(read_n(&mut ring, 3), numbered(0..3));
+    let cursor = ring.cursor();
+    assert_eq!(ring.positions().consumer, cursor);
+    // Another process holding the map fd skips every unread record: an aligned record
+    // boundary, as plausible as any position.
+    let jumped = ring.positions().producer;
+    let page = ConsumerPage::map(map.as_fd());
+    page.store(jumped);
+    let moved = ReadError::ConsumerPosMoved {
+        expected: cursor,
+        found: jumped,
+    };
+    every_read_reports(&mut ring, &page, moved);
+    // The kernel takes the skipped records as consumed and goes on producing after them.
+    emit_numbered(&out, 10..14);
+    assert_eq!(ring.available(), Err(moved));
+    assert_eq!(page.load(), jumped);
+    // Resume: publish our own cursor again and read on from it.
+    ring.resume().unwrap();
+    assert_eq!(page.load(), cursor);
+    assert_eq!(ring.cursor(), cursor);
+    assert_eq!(drain(&mut ring), numbered(3..14));
+    emit_numbered(&out, 14..16);
+    assert_eq!(drain(&mut ring), numbered(14..16));
+    assert_eq!(page.load(), ring.positions().producer);
+    assert_eq!(ring.available(), Ok(0));
+}
+
+#[test]
+fn resume_is_refused_once_the_kernel_may_have_reused_the_unread_space() {
+    require_kernel!();
+    let size = page();
+    let map = kit::ringbuf_map(size);
+    let out = kit::variable_output(map.as_fd());
+    let mut ring = RingBuf::new(&map).unwrap();
+    emit_numbered(&out, 0..3);
+    assert_eq!(read_n(&mut ring, 1), numbered(0..1));
+    let cursor = ring.cursor();
+    let jumped = ring.positions().producer;
+    let page = ConsumerPage::map(map.as_fd());
+    page.store(jumped);
+    // The kernel fills the ring from the jumped position, over the records we had not read.
+    let mut accepted = 0;
+    while out.try_emit(&[0xab; 8], 0, 1) {
+        accepted += 1;
+        assert!(accepted <= size / 16);
+    }
+    let producer = ring.positions().producer;
+    assert!(distance(cursor, producer) > size, "{cursor} {producer}");
+    assert_eq!(
+        ring.resume(),
+        Err(ReadError::ConsumerAhead {
+            consumer_pos: cursor,
+            producer_pos: producer,
+        })
+    );
+    // Refused without moving anything.
+    assert_eq!(page.load(), jumped);
+    assert_eq!(ring.cursor(), cursor);
+    // The way out skips it all (at most a ring's worth is counted).
+    assert_eq!(ring.resync(), size);
+    assert_eq!(page.load(), producer);
+    assert_eq!(ring.available(), Ok(0));
+    emit_numbered(&out, 10..12);
+    assert_eq!(drain(&mut ring), numbered(10..12));
+}
+
+#[test]
+fn a_consumer_pos_written_during_a_batch_is_reported_not_overwritten() {
+    require_kernel!();
+    let map = kit::ringbuf_map(4 * page());
+    let out = kit::variable_output(map.as_fd());
+    let mut ring = RingBuf::new(&map).unwrap();
+    emit_numbered(&out, 0..6);
+    let producer = ring.positions().producer;
+    let three: usize = numbered(0..3).iter().map(|r| record_size(r.len())).sum();
+    let page = ConsumerPage::map(map.as_fd());
+    {
+        let batch = ring.batch();
+        for expected in numbered(0..3) {
+            assert_eq!(batch.next_record(), Some(Ok(&expected[..])));
+        }
+        // While the batch lends records, another writer moves consumer_pos past all six.
+        // (Nothing is produced while the batch lives, so the kernel writes nothing it lends.)
+        page.store(producer);
+    } // The batch ends: its publish finds consumer_pos changed and leaves it alone.
+    assert_eq!(page.load(), producer, "the batch overwrote the other write");
+    assert_eq!(ring.cursor(), three);
+    let moved = ReadError::ConsumerPosMoved {
+        expected: three,
+        found: producer,
+    };
+    every_read_reports(&mut ring, &page, moved);
+    ring.resume().unwrap();
+    assert_eq!(page.load(), three);
+    assert_eq!(drain(&mut ring), numbered(3..6));
+
+    // The same during a `consume` callback: the call delivers what its first internal batch
+    // held and says how many; the next read reports the move.
+    emit_numbered(&out, 6..9);
+    let end = ring.positions().producer;
+    let mut seen = Vec::new();
+    let result = ring.consume(usize::MAX, |record| {
+        if seen.is_empty() {
+            page.store(0);
+        }
+        seen.push(record.to_vec());
+        ControlFlow::Continue(())
+    });
+    assert_eq!(seen, numbered(6..9));
+    assert_eq!(result, Ok(3));
+    assert_eq!(
+        ring.consume(usize::MAX, |_| ControlFlow::Continue(())),
+        Err(ReadError::ConsumerPosMoved {
+            expected: end,
+            found: 0
+        })
+    );
+    assert_eq!(page.load(), 0, "consume overwrote the other write");
+    assert_eq!(ring.cursor(), end);
+    ring.resume().unwrap();
+    assert_eq!(page.load(), end);
+    assert_eq!(ring.available(), Ok(0));
+    emit_numbered(&out, 9..10);
+    assert_eq!(drain(&mut ring), numbered(9..10));
 }
 
 // ---------------------------------------------------------------------------------------------

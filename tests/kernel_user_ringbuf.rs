@@ -6,13 +6,13 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use bpf_ringbuf::model::{HeapRing, KernelDrain, Wakeup};
+use bpf_ringbuf::model::{HeapRing, Wakeup};
 use bpf_ringbuf::producer::{MAX_SAMPLES_PER_DRAIN, MAX_SAMPLE_LEN};
 use bpf_ringbuf::sys::MapType;
-use bpf_ringbuf::{Error, Producer, ReserveError, RingBuf, UserRingBuf};
+use bpf_ringbuf::{Error, MapSource, OpenError, ReserveError, RingBuf, UserRingBuf};
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
 
 const EINVAL: i64 = 22;
@@ -73,7 +73,11 @@ fn map_type_is_checked_and_one_producer_per_map() {
     let user_map = kit::user_ringbuf_map(4096);
     let kernel_map = kit::ringbuf_map(4096);
     match UserRingBuf::new(&kernel_map) {
-        Err(Error::WrongMapType { expected, found }) => {
+        Err(Error::Open {
+            map: MapSource::Fd(fd),
+            reason: OpenError::WrongMapType { expected, found },
+        }) => {
+            assert_eq!(fd, kernel_map.as_raw_fd());
             assert_eq!(expected, MapType::USER_RINGBUF);
             assert_eq!(found, MapType::RINGBUF);
         }
@@ -81,20 +85,40 @@ fn map_type_is_checked_and_one_producer_per_map() {
     }
     assert!(matches!(
         RingBuf::new(&user_map),
-        Err(Error::WrongMapType { .. })
+        Err(Error::Open {
+            reason: OpenError::WrongMapType {
+                expected: MapType::RINGBUF,
+                found: MapType::USER_RINGBUF
+            },
+            ..
+        })
     ));
     let array = kit::array_map(8);
     assert!(matches!(
         UserRingBuf::new(&array),
-        Err(Error::WrongMapType { .. })
+        Err(Error::Open {
+            reason: OpenError::WrongMapType {
+                found: MapType::ARRAY,
+                ..
+            },
+            ..
+        })
     ));
 
     let ring = UserRingBuf::new(&user_map).unwrap();
     let id = ring.map_id();
     match UserRingBuf::from_map_id(id) {
-        Err(Error::ProducerExists { map_id }) => assert_eq!(map_id, id),
-        other => panic!("expected ProducerExists, got {other:?}"),
+        Err(Error::Open {
+            map: MapSource::Id(named),
+            reason: OpenError::InUse { map_id },
+        }) => assert_eq!((named, map_id), (id, id)),
+        other => panic!("expected InUse, got {other:?}"),
     }
+    // Through another fd of the same map too.
+    assert!(matches!(
+        UserRingBuf::new(&user_map),
+        Err(Error::Open { reason: OpenError::InUse { map_id }, .. }) if map_id == id
+    ));
     ring.output(b"first").unwrap();
     drop(ring);
     // Reopened by id: continues at the published producer_pos.
@@ -119,10 +143,11 @@ fn post_invalid_sample(len: u32, producer_pos: u64, errno: i64) {
     assert_eq!(drainer.drain(), -errno);
     assert_eq!(raw.consumer_pos(), 0);
 
-    let model = HeapRing::from_parts(size, &[0], 0, producer_pos as usize).unwrap();
     // The same state in the model.
-    bpf_ringbuf::RingMemory::header(&model, 0).store(len, std::sync::atomic::Ordering::Relaxed);
-    let drain = KernelDrain::new(model).unwrap();
+    let model = HeapRing::from_parts(size, &[0], 0, producer_pos as usize).unwrap();
+    // SAFETY: the ring has no endpoint yet, so nothing is lent while the header is stored.
+    unsafe { model.store_header(0, len) };
+    let (_producer, drain) = model.split_user();
     let verdict = drain
         .drain(Wakeup::Adaptive, |_| ControlFlow::Continue(()))
         .unwrap_err();
@@ -533,9 +558,27 @@ fn opens_from_a_pinned_path() {
     ring.output(b"via the pin").unwrap();
     assert_eq!(ring.positions().producer, 24);
     assert_eq!(kit::user_ringbuf_drain(map.as_fd(), 0).drain(), 1);
+    let missing = bpffs.path().join("missing");
+    let error = UserRingBuf::from_pinned(&missing).unwrap_err();
+    match &error {
+        Error::Open {
+            map: MapSource::Pinned(path),
+            reason: OpenError::NotFound,
+        } => assert_eq!(path, &missing),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains(&*missing.to_string_lossy()),
+        "{error}"
+    );
+    // The pinned map is claimed by the producer opened through it, however it is named.
+    let id = ring.map_id();
     assert!(matches!(
-        UserRingBuf::from_pinned(bpffs.path().join("missing")),
-        Err(Error::Bpf(_))
+        UserRingBuf::from_pinned(&pin),
+        Err(Error::Open {
+            map: MapSource::Pinned(_),
+            reason: OpenError::InUse { map_id },
+        }) if map_id == id
     ));
     std::fs::remove_file(&pin).unwrap();
 }
@@ -626,10 +669,7 @@ fn kernel_and_model_drain_the_same_sequence_alike() {
     let size = 4096;
     let mut forward = Forward::new(size, 4 * size, 600);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
-    let model_ring = std::sync::Arc::new(HeapRing::new(size).unwrap());
-    // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
-    let model = unsafe { Producer::new(model_ring.clone()) }.unwrap();
-    let drain = KernelDrain::new(model_ring).unwrap();
+    let (model, drain) = HeapRing::new(size).unwrap().split_user();
     let mut rng = 12345u32;
     for step in 0..400 {
         rng = rng.wrapping_mul(1_103_515_245).wrapping_add(12345);

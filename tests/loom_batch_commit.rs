@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::model::Wakeup;
-use bpf_ringbuf::sync::atomic::Ordering;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Consumer, RingMemory};
 use loom_common::{expect_failure, model, payload, reserve_blocking, Kernel, LoomRing};
@@ -32,9 +31,9 @@ const SIZES: [usize; 3] = [4, 4, 36];
 
 /// Not past `producer_pos`: seen from the producer, the only writer of `producer_pos`.
 fn assert_consumer_not_ahead(ring: &LoomRing) {
-    let producer_pos = ring.producer_pos().load(Ordering::Relaxed);
+    let producer_pos = ring.producer_pos().load_relaxed();
     // Relaxed: a monitor, not part of the protocol.
-    let consumer_pos = ring.consumer_pos().load(Ordering::Relaxed);
+    let consumer_pos = ring.consumer_pos().load_relaxed();
     assert!(
         distance(consumer_pos, producer_pos) <= RING_SIZE,
         "consumer_pos {consumer_pos} published past producer_pos {producer_pos}"
@@ -50,7 +49,9 @@ fn batch_publishes_only_what_was_read() {
     let consumer = {
         let ring = ring.clone();
         loom::thread::spawn(move || {
-            let mut consumer = Consumer::new(ring.clone()).unwrap();
+            // SAFETY: the model's only consumer of this ring; the kernel model writes payloads only in
+            // space consumer_pos handed back.
+            let mut consumer = unsafe { Consumer::new(ring.clone()) }.unwrap();
             let mut read = 0;
             while read < SIZES.len() {
                 let batch = consumer.batch();
@@ -86,32 +87,26 @@ fn batch_publishes_only_what_was_read() {
 
     let mut first = kernel.reserve(SIZES[0]).expect("fits");
     let mut second = kernel.reserve(SIZES[1]).expect("fits");
-    kernel
-        .payload(&mut second)
-        .copy_from_slice(&payload(1, SIZES[1]));
-    kernel.submit(second, Wakeup::Adaptive);
+    second.write(&payload(1, SIZES[1]));
+    second.submit(Wakeup::Adaptive);
     // Record 0 is still BUSY: the consumer may read nothing yet (record 1 stays behind it),
     // and must not have published past it. Its payload is written only now: a consumer that
     // had read it would race with this write.
     // Relaxed: a monitor, not part of the protocol.
-    let consumer_pos = ring.consumer_pos().load(Ordering::Relaxed);
+    let consumer_pos = ring.consumer_pos().load_relaxed();
     assert_eq!(consumer_pos, 0, "consumer_pos published past a BUSY record");
-    kernel
-        .payload(&mut first)
-        .copy_from_slice(&payload(0, SIZES[0]));
-    kernel.submit(first, Wakeup::Adaptive);
+    first.write(&payload(0, SIZES[0]));
+    first.submit(Wakeup::Adaptive);
 
     assert_consumer_not_ahead(&ring);
     let mut third = reserve_blocking(&kernel, SIZES[2]);
     assert_consumer_not_ahead(&ring);
-    kernel
-        .payload(&mut third)
-        .copy_from_slice(&payload(2, SIZES[2]));
-    kernel.submit(third, Wakeup::Adaptive);
+    third.write(&payload(2, SIZES[2]));
+    third.submit(Wakeup::Adaptive);
 
     consumer.join().unwrap();
     assert_consumer_not_ahead(&ring);
-    assert_eq!(ring.consumer_pos().load(Ordering::Relaxed), 16 + 16 + 48);
+    assert_eq!(ring.consumer_pos().load_relaxed(), 16 + 16 + 48);
 }
 
 #[test]

@@ -72,7 +72,9 @@ fn reservations_never_overlap() {
     let hostile = {
         let ring = ring.clone();
         loom::thread::spawn(move || {
-            let mut consumer = Consumer::new(ring).unwrap();
+            // SAFETY: the model's only consumer of this ring; the kernel model writes payloads only in
+            // space consumer_pos handed back.
+            let mut consumer = unsafe { Consumer::new(ring) }.unwrap();
             consumer.resync();
         })
     };
@@ -84,11 +86,9 @@ fn reservations_never_overlap() {
             if let Some(mut reservation) = kernel.reserve(SECOND_LEN) {
                 let reused = reservation.position() != 0;
                 ledger.reserved(reservation.position(), record_size(SECOND_LEN));
-                kernel
-                    .payload(&mut reservation)
-                    .copy_from_slice(&payload(2, SECOND_LEN));
+                reservation.write(&payload(2, SECOND_LEN));
                 ledger.committing(reservation.position());
-                kernel.submit(reservation, Wakeup::Adaptive);
+                reservation.submit(Wakeup::Adaptive);
                 if reused {
                     reached(SECOND_RESERVED);
                 }
@@ -103,11 +103,9 @@ fn reservations_never_overlap() {
         // (Without a loom operation in this window the ledger could not see the record
         // live: loom only switches threads at its own operations.)
         loom::thread::yield_now();
-        kernel
-            .payload(&mut first)
-            .copy_from_slice(&payload(1, FIRST_LEN));
+        first.write(&payload(1, FIRST_LEN));
         ledger.committing(first.position());
-        kernel.submit(first, Wakeup::Adaptive);
+        first.submit(Wakeup::Adaptive);
     }
 
     hostile.join().unwrap();

@@ -10,7 +10,6 @@ mod loom_common;
 use std::sync::Arc;
 
 use bpf_ringbuf::model::{KernelProducer, Wakeup};
-use bpf_ringbuf::sync::atomic::Ordering;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, RingMemory};
 use loom_common::{expect_failure, model, reached, times_reached, LoomOverwriteRing};
@@ -98,7 +97,7 @@ fn read_and_check(scenario: &Scenario, reader: &mut Reader, delivered: &mut Vec<
     let position = reader
         .memory()
         .consumer_pos()
-        .load(Ordering::Relaxed)
+        .load_relaxed()
         .wrapping_sub(scenario.record_size());
     let sequence = position.wrapping_sub(scenario.start) / scenario.record_size();
     let words: Vec<u32> = buf[..len.min(buf.len())]
@@ -132,7 +131,8 @@ fn reader_never_delivers_a_torn_record(scenario: &'static Scenario) {
     let reader = {
         let ring = ring.clone();
         loom::thread::spawn(move || {
-            let mut reader = OverwriteConsumer::new(ring).unwrap();
+            // SAFETY: the model's only reader of this ring.
+            let mut reader = unsafe { OverwriteConsumer::new(ring) }.unwrap();
             let mut delivered = Vec::new();
             for _ in 0..READ_ATTEMPTS {
                 read_and_check(scenario, &mut reader, &mut delivered);
@@ -143,7 +143,7 @@ fn reader_never_delivers_a_torn_record(scenario: &'static Scenario) {
 
     for sequence in 0..scenario.records {
         kernel
-            .output_atomic(&payload_of(scenario, sequence), Wakeup::Never)
+            .output(&payload_of(scenario, sequence), Wakeup::Never)
             .expect("overwrite mode never refuses a reservation here");
     }
     let (mut reader, mut delivered) = reader.join().unwrap();
@@ -173,10 +173,10 @@ fn reader_never_delivers_a_torn_record(scenario: &'static Scenario) {
                 == scenario.records,
         "every record is either delivered or counted lost: delivered {delivered:?}, {stats:?}"
     );
-    assert_eq!(ring.producer_pos().load(Ordering::Relaxed), end);
-    assert_eq!(ring.consumer_pos().load(Ordering::Relaxed), end);
+    assert_eq!(ring.producer_pos().load_relaxed(), end);
+    assert_eq!(ring.consumer_pos().load_relaxed(), end);
     assert_eq!(
-        ring.overwrite_pos().load(Ordering::Relaxed),
+        ring.overwrite_pos().load_relaxed(),
         end.wrapping_sub(record_size)
     );
 }

@@ -27,7 +27,6 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bpf_ringbuf::model::{KernelDrain, Wakeup};
-use bpf_ringbuf::sync::atomic::Ordering;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Producer, ReserveError, RingMemory};
 use loom_common::{expect_failure, model, payload, LoomRing};
@@ -63,7 +62,8 @@ fn spawn_drain(
     expected: Vec<Vec<u8>>,
 ) -> loom::thread::JoinHandle<KernelDrain<Arc<LoomRing>>> {
     loom::thread::spawn(move || {
-        let drain = KernelDrain::new(ring).unwrap();
+        // SAFETY: the model's only drain of this ring; its producer writes only reserved space.
+        let drain = unsafe { KernelDrain::new(ring) }.unwrap();
         let mut seen: Vec<Vec<u8>> = Vec::new();
         while seen.len() < expected.len() {
             let delivered = drain
@@ -108,14 +108,14 @@ fn drain_sees_every_submitted_sample_once_in_order() {
     let drain = drain.join().unwrap();
 
     let end = START.wrapping_add(24 + 16 + 24);
-    assert_eq!(ring.producer_pos().load(Ordering::Relaxed), end);
+    assert_eq!(ring.producer_pos().load_relaxed(), end);
     // The discarded sample is skipped by the drain that delivers sample 2, or is the last
     // thing left: one more drain consumes everything.
     assert_eq!(
         drain.drain(Wakeup::Adaptive, |sample| panic!("extra sample {sample:?}")),
         Ok(0)
     );
-    assert_eq!(ring.consumer_pos().load(Ordering::Relaxed), end);
+    assert_eq!(ring.consumer_pos().load_relaxed(), end);
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn out_of_order_commits_drain_in_reservation_order() {
     first.copy_from_slice(&payload(0, 4));
     first.submit();
     drain.join().unwrap();
-    assert_eq!(ring.consumer_pos().load(Ordering::Relaxed), 32);
+    assert_eq!(ring.consumer_pos().load_relaxed(), 32);
 }
 
 #[test]

@@ -1,25 +1,27 @@
 //! Overwrite mode (flight recorder) on the heap ring with the kernel-producer model in
 //! overwrite mode. The same scenarios run against Linux 7.2 in `kernel_overwrite.rs`.
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bpf_ringbuf::memory::{DataWord, PositionWord};
 use bpf_ringbuf::model::{HeapRing, KernelProducer, Wakeup};
-use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, ReadError, RingMemory};
+use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, ReadError, Readiness, RingMemory};
 
-fn ring(
-    size: usize,
-) -> (
+type Ring = (
     Arc<HeapRing>,
     KernelProducer<Arc<HeapRing>>,
     OverwriteConsumer<Arc<HeapRing>>,
-) {
-    let ring = Arc::new(HeapRing::new(size).unwrap());
-    // SAFETY: the only writer of this ring; its one reader publishes only what it has read, and payloads written while it may run go through output_atomic.
-    let producer = unsafe { KernelProducer::new_overwrite(ring.clone()) }.unwrap();
-    let reader = OverwriteConsumer::new(ring.clone()).unwrap();
-    (ring, producer, reader)
+);
+
+fn split(ring: HeapRing) -> Ring {
+    let (producer, reader) = ring.split_overwrite();
+    (reader.memory().clone(), producer, reader)
+}
+
+fn ring(size: usize) -> Ring {
+    split(HeapRing::new(size).unwrap())
 }
 
 /// The kernel selftest's `ringbuf_overwrite_mode` scenario (prog_tests/ringbuf.c).
@@ -35,21 +37,21 @@ fn selftest_scenario_positions_and_contents() {
     // Uncommitted records fill the ring: even overwrite mode refuses.
     assert!(producer.reserve(len3).is_none(), "reserve 3 must fail");
     let mut rec4 = producer.reserve(len4).expect("reserve 4");
-    producer.payload(&mut rec1).fill(0xaa);
-    producer.payload(&mut rec2).fill(0xbb);
-    producer.payload(&mut rec4).fill(0xcc);
-    producer.submit(rec1, Wakeup::Adaptive);
-    producer.submit(rec2, Wakeup::Adaptive);
-    producer.submit(rec4, Wakeup::Adaptive);
+    rec1.fill(0xaa);
+    rec2.fill(0xbb);
+    rec4.fill(0xcc);
+    rec1.submit(Wakeup::Adaptive);
+    rec2.submit(Wakeup::Adaptive);
+    rec4.submit(Wakeup::Adaptive);
     let mut rec5 = producer
         .reserve(len3)
         .expect("reserve 5 overwrites record 1");
-    producer.payload(&mut rec5).fill(0xdd);
-    producer.submit(rec5, Wakeup::Adaptive);
+    rec5.fill(0xdd);
+    rec5.submit(Wakeup::Adaptive);
 
-    let producer_pos = ring.producer_pos().load(Ordering::SeqCst);
+    let producer_pos = ring.producer_pos().load_acquire();
     assert_eq!(producer_pos, len1 + len2 + len4 + len3 + 4 * 8);
-    assert_eq!(ring.overwrite_pos().load(Ordering::SeqCst), len1 + 8);
+    assert_eq!(ring.overwrite_pos().load_acquire(), len1 + 8);
     assert_eq!(reader.available().unwrap(), len2 + len4 + len3 + 3 * 8);
 
     let records = reader.snapshot_vec().unwrap();
@@ -161,10 +163,10 @@ fn busy_record_stops_the_reader_and_a_small_buffer_loses_nothing() {
         None,
         "BUSY record stops reading"
     );
-    assert!(!reader.check_before_sleep());
+    assert_eq!(reader.check_before_sleep(), Readiness::HeadBusy);
     assert_eq!(reader.snapshot_vec().unwrap(), vec![vec![1u8; 20]]);
-    producer.submit(held, Wakeup::Never);
-    assert!(reader.check_before_sleep());
+    held.submit(Wakeup::Never);
+    assert_eq!(reader.check_before_sleep(), Readiness::Readable);
     assert_eq!(
         reader
             .consume(&mut buf, 10, |_| ControlFlow::Continue(()))
@@ -177,22 +179,34 @@ fn busy_record_stops_the_reader_and_a_small_buffer_loses_nothing() {
 fn a_corrupt_header_that_was_not_overwritten_is_an_error() {
     let (ring, producer, mut reader) = ring(256);
     producer.output(&[1; 8], Wakeup::Never).unwrap();
-    ring.header(0).store(200, Ordering::SeqCst);
+    // SAFETY (all stores here): the overwrite reader lends no bytes, and nothing produces
+    // until the header is restored.
+    unsafe { ring.store_header(0, 200) };
     let mut buf = [0u8; 256];
     assert!(matches!(
         reader.read_into(&mut buf),
         Err(ReadError::RecordOutOfBounds { position: 0, .. })
     ));
-    assert_eq!(ring.consumer_pos().load(Ordering::SeqCst), 0);
+    assert_eq!(ring.consumer_pos().load_acquire(), 0);
     // (The kernel's own bookkeeping trusts its headers: restore it before producing more.)
-    ring.header(0).store(8, Ordering::SeqCst);
-    // A consumer_pos ahead of the producer is an error too; resync recovers.
-    ring.consumer_pos().store(1 << 20, Ordering::SeqCst);
+    unsafe { ring.store_header(0, 8) };
+    // A consumer_pos moved by someone else is reported; adopted, one ahead of the producer
+    // is an error too; resync recovers.
+    unsafe { ring.store_consumer_pos(1 << 20) };
+    assert_eq!(
+        reader.read_into(&mut buf),
+        Err(ReadError::ConsumerPosMoved {
+            expected: 0,
+            found: 1 << 20
+        })
+    );
+    assert_eq!(reader.check_before_sleep(), Readiness::Readable);
+    reader.follow();
     assert!(matches!(
         reader.read_into(&mut buf),
         Err(ReadError::ConsumerAhead { .. })
     ));
-    reader.resync();
+    assert_eq!(reader.resync(), 256, "capped at the ring size");
     producer.output(&[2; 8], Wakeup::Never).unwrap();
     assert_eq!(reader.read_into(&mut buf).unwrap(), Some(8));
     assert_eq!(&buf[..8], &[2; 8]);
@@ -201,10 +215,7 @@ fn a_corrupt_header_that_was_not_overwritten_is_an_error() {
 #[test]
 fn positions_wrap_around_usize_max_in_overwrite_mode() {
     let start = (usize::MAX - 300) & !7;
-    let ring = Arc::new(HeapRing::starting_at(256, start).unwrap());
-    // SAFETY: the only writer of this ring; its one reader publishes only what it has read, and payloads written while it may run go through output_atomic.
-    let producer = unsafe { KernelProducer::new_overwrite(ring.clone()) }.unwrap();
-    let mut reader = OverwriteConsumer::new(ring.clone()).unwrap();
+    let (ring, producer, mut reader) = split(HeapRing::starting_at(256, start).unwrap());
     for i in 0..100u32 {
         producer.output(&i.to_le_bytes(), Wakeup::Never).unwrap();
     }
@@ -219,7 +230,7 @@ fn positions_wrap_around_usize_max_in_overwrite_mode() {
     );
     assert_eq!(sequences.len(), 255 / 16);
     assert!(
-        ring.producer_pos().load(Ordering::SeqCst) < start,
+        ring.producer_pos().load_acquire() < start,
         "positions wrapped"
     );
 }
@@ -228,16 +239,13 @@ fn positions_wrap_around_usize_max_in_overwrite_mode() {
 /// delivered plus what was counted lost is everything produced.
 #[test]
 fn reader_racing_a_lapping_producer_never_delivers_a_torn_record() {
-    let ring = Arc::new(HeapRing::new(512).unwrap());
-    // SAFETY: the only writer of this ring; its one reader publishes only what it has read, and payloads written while it may run go through output_atomic.
-    let producer = unsafe { KernelProducer::new_overwrite(ring.clone()) }.unwrap();
-    let mut reader = OverwriteConsumer::new(ring.clone()).unwrap();
+    let (_ring, producer, mut reader) = ring(512);
     const RECORDS: u32 = 200_000;
     let writer = std::thread::spawn(move || {
         for sequence in 0..RECORDS {
             // Every word of a record carries its sequence number: a torn copy mixes two.
             let payload = sequence.to_le_bytes().repeat(14);
-            producer.output_atomic(&payload, Wakeup::Never).unwrap();
+            producer.output(&payload, Wakeup::Never).unwrap();
         }
     });
     let mut buf = [0u8; 64];
@@ -286,14 +294,111 @@ fn a_lapped_reader_publishes_where_it_resumes_before_sleeping() {
     for i in 0..40u8 {
         producer.output(&[i; 8], Wakeup::Never).unwrap();
     }
-    assert!(reader.check_before_sleep(), "records are waiting");
     assert_eq!(
-        ring.consumer_pos().load(Ordering::SeqCst),
-        ring.overwrite_pos().load(Ordering::SeqCst),
+        reader.check_before_sleep(),
+        Readiness::Readable,
+        "records are waiting"
+    );
+    assert_eq!(
+        ring.consumer_pos().load_acquire(),
+        ring.overwrite_pos().load_acquire(),
         "consumer_pos moved up to overwrite_pos"
     );
     while reader.read_into(&mut buf).unwrap().is_some() {}
-    assert!(!reader.check_before_sleep());
+    assert_eq!(reader.check_before_sleep(), Readiness::Empty);
     // Caught up: the next commit is at consumer_pos, so the kernel's rule wakes us.
     assert_eq!(producer.output(&[1; 8], Wakeup::Adaptive), Some(true));
+}
+
+#[test]
+fn a_cursor_far_behind_overwrite_pos_saturates_the_lost_count() {
+    // A cursor adopted from a hostile consumer_pos just under 2^63 behind overwrite_pos
+    // counts that many bytes lost; three times over, the count would overflow a u64.
+    let (ring, producer, mut reader) = ring(256);
+    producer.output(&[5; 8], Wakeup::Never).unwrap();
+    let mut buf = [0u8; 64];
+    let over = ring.overwrite_pos().load_acquire();
+    for _ in 0..3 {
+        // SAFETY: the overwrite reader lends no bytes.
+        unsafe { ring.store_consumer_pos(over.wrapping_sub((1usize << 63) - 64)) };
+        reader.follow();
+        assert_eq!(reader.read_into(&mut buf).unwrap(), Some(8));
+        assert_eq!(buf[..8], [5; 8]);
+    }
+    assert_eq!(reader.stats().lost_bytes, u64::MAX);
+}
+
+/// An overwrite-mode ring whose `overwrite_pos` a simulated concurrent writer moves to a
+/// scripted value while a record is being copied (at the copy's first data word load), as a
+/// corrupted producer page would.
+struct MovingOverwritePos {
+    ring: Arc<HeapRing>,
+    moved_to: Cell<Option<usize>>,
+}
+
+// SAFETY: forwards every method to the HeapRing, which upholds the contract; the extra store
+// is an atomic store to the ring's own overwrite_pos word, as another writer's would be.
+unsafe impl RingMemory for MovingOverwritePos {
+    fn consumer_pos(&self) -> &PositionWord {
+        self.ring.consumer_pos()
+    }
+    fn producer_pos(&self) -> &PositionWord {
+        self.ring.producer_pos()
+    }
+    fn size(&self) -> usize {
+        self.ring.size()
+    }
+    fn header(&self, offset: usize) -> &DataWord {
+        self.ring.header(offset)
+    }
+    unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        // SAFETY: the caller upholds the contract, which is the HeapRing's.
+        unsafe { self.ring.bytes(offset, len) }
+    }
+}
+
+// SAFETY: as above.
+unsafe impl OverwriteMemory for MovingOverwritePos {
+    fn overwrite_pos(&self) -> &PositionWord {
+        self.ring.overwrite_pos()
+    }
+    fn data_word(&self, offset: usize) -> &DataWord {
+        if let Some(value) = self.moved_to.take() {
+            // SAFETY: the overwrite reader lends no bytes; nothing produces afterwards.
+            unsafe { self.ring.store_overwrite_pos(value) };
+        }
+        self.ring.data_word(offset)
+    }
+}
+
+#[test]
+fn a_resume_position_from_a_corrupt_overwrite_pos_is_an_error_not_a_panic() {
+    for (moved_to, expected) in [
+        (3, ReadError::MisalignedPosition { position: 3 }),
+        (
+            1 << 40,
+            ReadError::ConsumerAhead {
+                consumer_pos: 1 << 40,
+                producer_pos: 16,
+            },
+        ),
+    ] {
+        let (producer, reader) = HeapRing::new(256).unwrap().split_overwrite();
+        producer.output(&[7; 8], Wakeup::Never).unwrap();
+        let memory = MovingOverwritePos {
+            ring: reader.memory().clone(),
+            moved_to: Cell::new(Some(moved_to)),
+        };
+        drop(reader);
+        // SAFETY: the only reader of the ring (the split one is gone); the consumer page is
+        // heap memory.
+        let mut reader = unsafe { OverwriteConsumer::new(memory) }.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read_into(&mut buf), Err(expected), "{moved_to:#x}");
+        let mut scratch = [0u8; 64];
+        reader.memory().moved_to.set(Some(moved_to));
+        // SAFETY: as above.
+        unsafe { reader.memory().ring.store_overwrite_pos(0) };
+        assert_eq!(reader.snapshot(&mut scratch, |_| {}), Err(expected));
+    }
 }

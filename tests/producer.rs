@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bpf_ringbuf::header::{record_size, RecordHeader, BUSY_BIT, DISCARD_BIT};
@@ -19,26 +18,20 @@ fn setup(size: usize) -> (Ring, Producer<Ring>, KernelDrain<Ring>) {
 }
 
 fn setup_at(size: usize, position: usize) -> (Ring, Producer<Ring>, KernelDrain<Ring>) {
-    let ring = Arc::new(HeapRing::starting_at(size, position).unwrap());
-    // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
-    let producer = unsafe { Producer::new(ring.clone()) }.unwrap();
-    let drain = KernelDrain::new(ring.clone()).unwrap();
-    (ring, producer, drain)
+    let (producer, drain) = HeapRing::starting_at(size, position).unwrap().split_user();
+    (producer.memory().clone(), producer, drain)
 }
 
 fn header(ring: &HeapRing, position: usize) -> RecordHeader {
-    RecordHeader::from_raw(
-        ring.header(position & (ring.size() - 1))
-            .load(Ordering::SeqCst),
-    )
+    RecordHeader::from_raw(ring.header(position & (ring.size() - 1)).load_acquire())
 }
 
 fn consumer_pos(ring: &HeapRing) -> usize {
-    ring.consumer_pos().load(Ordering::SeqCst)
+    ring.consumer_pos().load_acquire()
 }
 
 fn producer_pos(ring: &HeapRing) -> usize {
-    ring.producer_pos().load(Ordering::SeqCst)
+    ring.producer_pos().load_acquire()
 }
 
 /// Drains everything the model's kernel would deliver now.
@@ -214,13 +207,13 @@ fn corrupt_consumer_pos_is_reported_and_nothing_is_overwritten() {
         assert_eq!(producer.free_space().unwrap_err(), error);
         assert_eq!(producer_pos(&ring), producer_position);
         let offset = producer_position & 4095 & !7;
-        assert_eq!(ring.header(offset).load(Ordering::SeqCst), 0xaaaa_aaaa);
+        assert_eq!(ring.header(offset).load_acquire(), 0xaaaa_aaaa);
         assert!(!error.to_string().is_empty());
     }
 }
 
 #[test]
-fn a_second_writer_of_producer_pos_is_detected_and_resync_adopts_it() {
+fn a_second_writer_of_producer_pos_is_detected_and_follow_adopts_it() {
     let (ring, mut producer, drain) = setup(4096);
     producer.output(b"ours").unwrap();
     // Someone else publishes a record.
@@ -235,7 +228,8 @@ fn a_second_writer_of_producer_pos_is_detected_and_resync_adopts_it() {
             found: 32
         }
     );
-    assert_eq!(producer.resync(), 32);
+    producer.follow();
+    assert_eq!(producer.positions().producer, 32);
     producer.output(b"ours again").unwrap();
     assert_eq!(
         drain_all(&drain).unwrap(),
@@ -266,8 +260,9 @@ fn drain_model_checks_in_the_kernel_order() {
     let size = 4096;
     let drain_of = |consumer: usize, producer: usize, header: u32| {
         let ring = HeapRing::from_parts(size, &[0], consumer, producer).unwrap();
-        ring.header(consumer % size).store(header, Ordering::SeqCst);
-        let drain = KernelDrain::new(ring).unwrap();
+        // SAFETY: nothing reads or writes the ring yet.
+        unsafe { ring.store_header(consumer % size, header) };
+        let (_producer, drain) = ring.split_user();
         let result = drain.drain(Wakeup::Adaptive, |_| ControlFlow::Continue(()));
         (result, consumer_pos(drain.memory()))
     };
@@ -314,9 +309,9 @@ fn drain_model_checks_in_the_kernel_order() {
     // Larger than a dynptr: E2BIG, in a ring big enough to hold it.
     let big = 1 << 25;
     let ring = HeapRing::from_parts(big, &[], 0, big).unwrap();
-    ring.header(0)
-        .store(MAX_SAMPLE_LEN as u32 + 1, Ordering::SeqCst);
-    let drain = KernelDrain::new(&ring).unwrap();
+    // SAFETY: nothing reads or writes the ring yet.
+    unsafe { ring.store_header(0, MAX_SAMPLE_LEN as u32 + 1) };
+    let (_producer, drain) = ring.split_user();
     let error = drain
         .drain(Wakeup::Adaptive, |_| ControlFlow::Continue(()))
         .unwrap_err();

@@ -107,22 +107,27 @@ impl Drainers {
     /// Reads one byte of every cache line of the data area through the mapping of `via`
     /// (ours or the hand loop's): the data is then in the cache, and that mapping's pages
     /// in the TLB.
-    pub fn warm(&self, via: Impl) {
-        let (data, size) = match via {
-            Impl::Hand => (self.hand.data().cast_const(), self.hand.mask + 1),
-            _ => {
-                let page = self.ours.memory().producer_page().as_ptr();
-                // SAFETY: the data area starts one page after the producer page.
-                (
-                    unsafe { page.add(bpf_ringbuf_sys::page_size()) }.cast_const(),
-                    self.ours.size(),
-                )
-            }
-        };
+    pub fn warm(&mut self, via: Impl) {
         let mut sum = 0u8;
-        for offset in (0..size).step_by(64) {
-            // SAFETY: `offset < size` lies inside the mapped data area.
-            sum = sum.wrapping_add(unsafe { data.add(offset).read_volatile() });
+        match via {
+            Impl::Hand => {
+                let (data, size) = (self.hand.data().cast_const(), self.hand.mask + 1);
+                for offset in (0..size).step_by(64) {
+                    // SAFETY: `offset < size` lies inside the mapped data area.
+                    sum = sum.wrapping_add(unsafe { data.add(offset).read_volatile() });
+                }
+            }
+            _ => {
+                // Every line of every record, through our mapping, without consuming: a
+                // forgotten batch publishes nothing.
+                let batch = self.ours.batch();
+                for record in batch.iter().map_while(Result::ok) {
+                    for byte in record.iter().step_by(64) {
+                        sum = sum.wrapping_add(*byte);
+                    }
+                }
+                std::mem::forget(batch);
+            }
         }
         std::hint::black_box(sum);
     }

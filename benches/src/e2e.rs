@@ -240,22 +240,13 @@ fn busy_once(consumer: Consumer, loops: u32) -> Busy {
         std::thread::sleep(Duration::from_millis(10));
         holder.run(1).duration_ns
     });
-    // Watches the positions through a mapping of its own (one RingBuf reader per map).
-    let watcher =
-        bpf_ringbuf::RingMapping::new(map.as_fd(), 1 << 16, bpf_ringbuf::MapKind::KernelProducer)
-            .expect("map the ring");
+    // Watches the positions through read-only mappings of its own (one RingBuf reader per map).
+    let watcher = kit::PositionWatch::new(map.as_fd());
     let waker_thread = std::thread::spawn(move || {
         // Once the reservation is made (producer_pos moved), commit a record behind it with
         // a forced wakeup.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let available = || {
-            use bpf_ringbuf::RingMemory;
-            use std::sync::atomic::Ordering::Relaxed;
-            watcher
-                .producer_pos()
-                .load(Relaxed)
-                .wrapping_sub(watcher.consumer_pos().load(Relaxed))
-        };
+        let available = || watcher.producer_pos().wrapping_sub(watcher.consumer_pos());
         while available() == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
         }

@@ -92,7 +92,7 @@ fn steady_state_reads_allocate_nothing() {
         for api in [Api::Batch, Api::Callback, Api::ReadInto, Api::ReadVec] {
             producer.run(RECORDS);
             let (allocations, (records, matching)) = allocations_in(|| {
-                assert!(ring.wait(Some(Duration::ZERO)).unwrap());
+                assert!(ring.wait(Some(Duration::ZERO)).unwrap().is_ready());
                 let (mut records, mut matching) = (0u32, 0u32);
                 let mut check = |record: &[u8]| {
                     records += 1;
@@ -123,7 +123,7 @@ fn steady_state_reads_allocate_nothing() {
                         }
                     }
                 }
-                assert!(!ring.wait(Some(Duration::ZERO)).unwrap());
+                assert!(!ring.wait(Some(Duration::ZERO)).unwrap().is_ready());
                 (records, matching)
             });
             assert_eq!((records, matching), (RECORDS, RECORDS), "{api:?}");

@@ -103,12 +103,28 @@ fn check_record(record: &[u8], position: usize, payload: &[u8], size: usize, bas
 /// Runs `op` on `consumer`, whose ring nobody else touches meanwhile, and checks every result
 /// and the published `consumer_pos` against `steps` (the reference walk from the current
 /// `consumer_pos`).
+///
+/// When the shared `consumer_pos` is not the reader's own cursor (someone else wrote it), every
+/// read must report [`ReadError::ConsumerPosMoved`] and move nothing, whatever `steps` say.
 pub fn apply<M: RingMemory>(consumer: &mut Consumer<M>, steps: &[Step], op: &ReadOp) {
     assert!(steps.last().is_some_and(Step::is_terminal));
     let size = consumer.geometry().size();
     let base = data_base(consumer.memory());
     let before = consumer.positions();
     let start = before.consumer;
+    let cursor = consumer.cursor();
+    let moved = (start != cursor).then_some(ReadError::ConsumerPosMoved {
+        expected: cursor,
+        found: start,
+    });
+    let moved_steps;
+    let steps = match moved {
+        Some(error) => {
+            moved_steps = [Step::Invalid(error)];
+            &moved_steps[..]
+        }
+        None => steps,
+    };
     // Where consumer_pos must end up.
     let after = match op {
         ReadOp::Batch { take, commit } => {
@@ -218,7 +234,13 @@ pub fn apply<M: RingMemory>(consumer: &mut Consumer<M>, steps: &[Step], op: &Rea
                             break;
                         }
                         Step::Corrupt { error, .. } | Step::Invalid(error) => {
-                            expected = Err(*error);
+                            // Reported by the call only if it delivered nothing: otherwise the
+                            // next call does.
+                            expected = if delivered == 0 {
+                                Err(*error)
+                            } else {
+                                Ok(delivered)
+                            };
                             break;
                         }
                     }
@@ -271,7 +293,10 @@ pub fn apply<M: RingMemory>(consumer: &mut Consumer<M>, steps: &[Step], op: &Rea
             start
         }
         ReadOp::CheckBeforeSleep => {
-            let expected = if start == before.producer {
+            let expected = if matches!(steps[0], Step::Invalid(_)) {
+                // A moved or corrupt consumer_pos: a read reports it.
+                Readiness::Readable
+            } else if start == before.producer {
                 Readiness::Empty
             } else if matches!(steps[0], Step::Busy { .. }) {
                 Readiness::HeadBusy
@@ -284,7 +309,8 @@ pub fn apply<M: RingMemory>(consumer: &mut Consumer<M>, steps: &[Step], op: &Rea
         ReadOp::Resync => {
             // The bytes skipped, capped at the ring size (a corrupt consumer_pos can be any
             // distance away; no more than a ring's worth can have been lost).
-            let skipped = distance(start, before.producer).min(consumer.geometry().size());
+            // They are counted from the reader's own cursor.
+            let skipped = distance(cursor, before.producer).min(consumer.geometry().size());
             assert_eq!(consumer.resync(), skipped);
             before.producer
         }

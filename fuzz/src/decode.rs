@@ -6,7 +6,6 @@
 //! image of the ring built here, independently of `HeapRing`.
 
 use bpf_ringbuf::model::HeapRing;
-use bpf_ringbuf::Consumer;
 
 use crate::check::{apply, ReadOp};
 use crate::input::Input;
@@ -80,7 +79,7 @@ pub fn check(case: &DecodeCase) {
     let header =
         |offset: usize| u32::from_ne_bytes(image[offset..offset + 4].try_into().expect("4 bytes"));
     let bytes = |offset: usize, len: usize| image[offset..offset + len].to_vec();
-    let mut consumer = Consumer::new(&ring).expect("sizes are valid");
+    let (_producer, mut consumer) = ring.split();
     let final_ops = [
         ReadOp::Batch {
             take: None,

@@ -18,12 +18,11 @@
 //! Input: `[size selector][start mode][start: 8]` then operations `[selector][arguments]`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::header::MAX_RECORD_LEN;
-use bpf_ringbuf::model::{HeapRing, KernelProducer, Reservation, Wakeup};
-use bpf_ringbuf::{Consumer, ReadError, RingMemory};
+use bpf_ringbuf::model::{HeapRing, Reservation, Wakeup};
+use bpf_ringbuf::{ReadError, RingMemory};
 
 use crate::check::{apply, ReadOp};
 use crate::input::Input;
@@ -60,9 +59,10 @@ pub enum Op {
     },
     /// A read through one of the consumer APIs.
     Read(ReadOp),
-    /// Another process writes `consumer_pos`.
+    /// Another process writes `consumer_pos`; then the reader recovers or not.
     Hostile {
-        /// Which kind of position (see [`Script::hostile_position`]).
+        /// Which kind of position (see `Oracle::hostile_position`, low two bits) and how the
+        /// reader recovers (bits 2 and 3: none, `follow`, `resume`).
         kind: u8,
         /// Argument for the kind.
         value: u64,
@@ -202,7 +202,7 @@ impl Oracle {
         }
         if consumer_pos % 8 != 0 {
             return Some(vec![Step::Invalid(ReadError::MisalignedPosition {
-                consumer_pos,
+                position: consumer_pos,
             })]);
         }
         let first = if consumer_pos == producer_pos {
@@ -292,12 +292,10 @@ fn reserve_fits(
 pub fn check(script: &Script) {
     let size = script.size;
     let mask = size - 1;
-    let ring = HeapRing::starting_at(size, script.start).expect("valid size");
-    // SAFETY: the only writer of this ring. Reads run one operation at a time and no batch
-    // outlives its operation, so even the script's hostile consumer_pos writes never move
-    // consumer_pos past a record that is still lent out.
-    let producer = unsafe { KernelProducer::new(&ring) }.expect("valid size");
-    let mut consumer = Consumer::new(&ring).expect("valid size");
+    let (producer, mut consumer) = HeapRing::starting_at(size, script.start)
+        .expect("valid size")
+        .split();
+    let ring = consumer.memory().clone();
     let mut oracle = Oracle {
         size,
         producer_pos: script.start,
@@ -305,7 +303,7 @@ pub fn check(script: &Script) {
         serial: 0,
     };
     // Outstanding reservations, in reservation order.
-    let mut outstanding: Vec<Reservation> = Vec::new();
+    let mut outstanding: Vec<Reservation<'_, _>> = Vec::new();
     let mut wakeups = 0usize;
     let wakes = |wakeup: Wakeup, position: usize, consumer_pos: usize| match wakeup {
         Wakeup::Force => true,
@@ -325,7 +323,7 @@ pub fn check(script: &Script) {
         }),
     ];
     for op in script.ops.iter().chain(&final_ops) {
-        let consumer_pos = ring.consumer_pos().load(Ordering::Relaxed);
+        let consumer_pos = ring.consumer_pos().load_relaxed();
         match op {
             Op::Reserve { len } | Op::Output { len, .. } => {
                 let oldest_busy = outstanding
@@ -356,7 +354,7 @@ pub fn check(script: &Script) {
                         if let Some(mut reservation) = reservation {
                             assert_eq!(reservation.position(), position);
                             assert_eq!(reservation.len(), *len);
-                            producer.payload(&mut reservation).copy_from_slice(&payload);
+                            reservation.write(&payload);
                             outstanding.push(reservation);
                         }
                         State::Busy(payload)
@@ -385,10 +383,10 @@ pub fn check(script: &Script) {
                 };
                 let woke = if matches!(op, Op::Submit { .. }) {
                     record.state = State::Committed(payload);
-                    producer.submit(reservation, *wakeup)
+                    reservation.submit(*wakeup)
                 } else {
                     record.state = State::Discarded;
-                    producer.discard(reservation, *wakeup)
+                    reservation.discard(*wakeup)
                 };
                 assert_eq!(woke, wakes(*wakeup, position, consumer_pos));
                 wakeups += usize::from(woke);
@@ -396,7 +394,7 @@ pub fn check(script: &Script) {
             Op::Read(read) => {
                 let positions = consumer.positions();
                 assert_eq!(positions.producer, oracle.producer_pos);
-                let header = |offset: usize| ring.header(offset).load(Ordering::Relaxed);
+                let header = |offset: usize| ring.header(offset).load_relaxed();
                 // SAFETY: the walk asks for ranges inside the data area; no reservation is
                 // being written while the copy is taken (single thread).
                 let bytes = |offset: usize, len: usize| unsafe { ring.bytes(offset, len) }.to_vec();
@@ -411,7 +409,36 @@ pub fn check(script: &Script) {
             }
             Op::Hostile { kind, value } => {
                 let position = oracle.hostile_position(*kind, *value);
-                ring.consumer_pos().store(position, Ordering::Release);
+                // SAFETY: reads run one operation at a time and no batch outlives its
+                // operation, so no record is lent out while the producer may use the space
+                // this store hands back.
+                unsafe { ring.store_consumer_pos(position) };
+                let cursor = consumer.cursor();
+                match (kind >> 2) % 4 {
+                    // The reader takes over what the other writer stored.
+                    1 => {
+                        consumer.follow();
+                        assert_eq!(consumer.cursor(), position);
+                    }
+                    // The reader continues from its own cursor, unless the producer may have
+                    // reused the space after it.
+                    2 => {
+                        let producer_pos = oracle.producer_pos;
+                        let expected = if distance(cursor, producer_pos) > size {
+                            Err(ReadError::ConsumerAhead {
+                                consumer_pos: cursor,
+                                producer_pos,
+                            })
+                        } else {
+                            Ok(())
+                        };
+                        assert_eq!(consumer.resume(), expected);
+                        let now = ring.consumer_pos().load_relaxed();
+                        assert_eq!(now, if expected.is_ok() { cursor } else { position });
+                    }
+                    // Left as it is: every read reports it until a resync.
+                    _ => {}
+                }
             }
         }
     }

@@ -18,15 +18,21 @@
 //! `overwrite_pos`, which records survive, the lost-byte count, and typed errors instead of
 //! panics for buffers that are too small.
 //!
+//! Hostile input too: another writer's `consumer_pos` (any value) must be reported as
+//! [`ReadError::ConsumerPosMoved`] by the next read, after which the reader resumes from its
+//! own cursor (exact again), follows the value (then, until a resync, every read must end in
+//! a value or a typed error, never a panic), or leaves it; an arbitrary word written over a
+//! record header must give a typed error or a plausible read, never a panic, and the
+//! snapshot (which ignores `consumer_pos`) stays exact around it.
+//!
 //! Input: `[size selector][start: 8]` then operations `[selector][arguments]`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::header::{record_size, MAX_RECORD_LEN};
-use bpf_ringbuf::model::{HeapRing, KernelProducer, Reservation, Wakeup};
-use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, ReadError, RingMemory};
+use bpf_ringbuf::model::{HeapRing, Reservation, Wakeup};
+use bpf_ringbuf::{OverwriteMemory, ReadError, Readiness, RingMemory};
 
 use crate::input::Input;
 
@@ -49,6 +55,26 @@ pub enum Op {
     Resync,
     /// `check_before_sleep`.
     SleepCheck,
+    /// Another process writes `consumer_pos`, then the reader recovers (`recovery % 3`: the
+    /// other writer puts the word back, `resume`, `follow`).
+    Hostile {
+        /// Where to (see `hostile_position`).
+        kind: u8,
+        /// Argument for the kind.
+        value: u64,
+        /// How the reader recovers.
+        recovery: u8,
+    },
+    /// An arbitrary word over the header of live record `index % count`; one read (`read_into`
+    /// when `read`, else a snapshot) meets it; then the word is restored.
+    CorruptHeader {
+        /// Which record.
+        index: usize,
+        /// The word.
+        raw: u32,
+        /// Whether the read consumes (`read_into`) rather than only looks (snapshot).
+        read: bool,
+    },
 }
 
 /// A decoded script.
@@ -71,7 +97,7 @@ impl Script {
         let mut ops = Vec::new();
         while !input.is_empty() && ops.len() < 400 {
             let selector = input.u8();
-            let op = match selector % 8 {
+            let op = match selector % 10 {
                 0 => Op::Reserve {
                     len: length(&mut input, size),
                 },
@@ -89,7 +115,17 @@ impl Script {
                 },
                 5 => Op::Snapshot,
                 6 => Op::Resync,
-                _ => Op::SleepCheck,
+                7 => Op::SleepCheck,
+                8 => Op::Hostile {
+                    kind: input.u8(),
+                    value: input.u64(),
+                    recovery: input.u8(),
+                },
+                _ => Op::CorruptHeader {
+                    index: usize::from(input.u8()),
+                    raw: input.u32(),
+                    read: input.u8() & 1 != 0,
+                },
             };
             ops.push(op);
         }
@@ -214,13 +250,47 @@ impl Oracle {
     }
 }
 
+/// A position for a hostile `consumer_pos` write.
+fn hostile_position(oracle: &Oracle, kind: u8, value: u64) -> usize {
+    let value = value as usize;
+    match kind % 4 {
+        0 => value,
+        1 => oracle.producer_pos.wrapping_add(value % 64),
+        2 => oracle
+            .overwrite_pos
+            .wrapping_sub(value % (4 * (oracle.mask + 1))),
+        // Far behind: the lost-byte count must not overflow.
+        _ => oracle
+            .overwrite_pos
+            .wrapping_sub((1usize << (usize::BITS - 1)) - 8 * (value % 64)),
+    }
+}
+
+/// What a read that meets garbage may return: a value, or a typed corruption error.
+fn plausible<T: core::fmt::Debug>(result: &Result<T, ReadError>, op: &Op) {
+    if let Err(error) = result {
+        assert!(
+            matches!(
+                error,
+                ReadError::ConsumerAhead { .. }
+                    | ReadError::MisalignedPosition { .. }
+                    | ReadError::RecordOutOfBounds { .. }
+                    | ReadError::BufferTooSmall { .. }
+            ),
+            "{error:?} after {op:?}"
+        );
+    }
+}
+
 /// Runs a script and checks it against the oracle; panics on any disagreement.
 pub fn check(script: &Script) {
-    let ring = HeapRing::starting_at(script.size, script.start).expect("valid size");
-    // SAFETY: the only writer of this ring. Everything runs on one thread, so no read overlaps
-    // a payload write (the condition for writing payloads through `payload`).
-    let producer = unsafe { KernelProducer::new_overwrite(&ring) }.expect("valid size");
-    let mut reader = OverwriteConsumer::new(&ring).expect("valid size");
+    let (producer, mut reader) = HeapRing::starting_at(script.size, script.start)
+        .expect("valid size")
+        .split_overwrite();
+    let ring = reader.memory().clone();
+    // The reader follows a hostile consumer_pos: its cursor and lost count are unknown to the
+    // oracle until the next resync.
+    let mut following_garbage = false;
     let mut oracle = Oracle {
         mask: script.size - 1,
         producer_pos: script.start,
@@ -230,7 +300,7 @@ pub fn check(script: &Script) {
         lost_bytes: 0,
         serial: 0,
     };
-    let mut outstanding: Vec<Reservation> = Vec::new();
+    let mut outstanding: Vec<Reservation<'_, _>> = Vec::new();
     for op in &script.ops {
         match *op {
             Op::Reserve { len } | Op::Output { len } => {
@@ -239,9 +309,9 @@ pub fn check(script: &Script) {
                 assert_eq!(got.as_ref().map(Reservation::position), expected, "{op:?}");
                 if let Some(mut reservation) = got {
                     let payload = oracle.records.back().unwrap().payload.clone();
-                    producer.payload(&mut reservation).copy_from_slice(&payload);
+                    reservation.write(&payload);
                     if matches!(op, Op::Output { .. }) {
-                        producer.submit(reservation, Wakeup::Adaptive);
+                        reservation.submit(Wakeup::Adaptive);
                         oracle.records.back_mut().unwrap().state = State::Committed;
                     } else {
                         outstanding.push(reservation);
@@ -257,14 +327,22 @@ pub fn check(script: &Script) {
                     .find(|record| record.position == position)
                     .expect("a BUSY record is never evicted");
                 if matches!(op, Op::Submit { .. }) {
-                    producer.submit(reservation, Wakeup::Never);
+                    reservation.submit(Wakeup::Never);
                     record.state = State::Committed;
                 } else {
-                    producer.discard(reservation, Wakeup::Never);
+                    reservation.discard(Wakeup::Never);
                     record.state = State::Discarded;
                 }
             }
             Op::Submit { .. } | Op::Discard { .. } => {}
+            Op::Read { capacity } if following_garbage => {
+                let mut buf = vec![0u8; capacity];
+                let got = reader.read_into(&mut buf);
+                plausible(&got, op);
+                if let Ok(Some(len)) = got {
+                    assert!(len <= capacity);
+                }
+            }
             Op::Read { capacity } => {
                 let mut buf = vec![0u8; capacity];
                 let got = reader.read_into(&mut buf);
@@ -301,9 +379,79 @@ pub fn check(script: &Script) {
                 assert_eq!(reader.snapshot_vec().unwrap(), oracle.snapshot(), "{op:?}");
             }
             Op::Resync => {
-                reader.resync();
+                let cursor = reader.cursor();
+                let skipped = reader.resync();
+                assert_eq!(
+                    skipped,
+                    distance(cursor, oracle.producer_pos).min(oracle.mask + 1)
+                );
                 oracle.consumer_pos = oracle.producer_pos;
+                if following_garbage {
+                    oracle.lost_bytes = reader.stats().lost_bytes;
+                    following_garbage = false;
+                }
             }
+            Op::SleepCheck if following_garbage => {
+                reader.check_before_sleep();
+            }
+            Op::Hostile {
+                kind,
+                value,
+                recovery,
+            } => {
+                let position = hostile_position(&oracle, kind, value);
+                let cursor = reader.cursor();
+                // SAFETY: the overwrite reader lends no bytes.
+                unsafe { ring.store_consumer_pos(position) };
+                if position != cursor {
+                    let moved = ReadError::ConsumerPosMoved {
+                        expected: cursor,
+                        found: position,
+                    };
+                    let mut buf = [0u8; 8];
+                    assert_eq!(reader.read_into(&mut buf), Err(moved), "{op:?}");
+                    assert_eq!(reader.available(), Err(moved), "{op:?}");
+                    assert_eq!(reader.check_before_sleep(), Readiness::Readable, "{op:?}");
+                    // Nothing moved.
+                    assert_eq!(ring.consumer_pos().load_relaxed(), position);
+                }
+                match recovery % 3 {
+                    1 => {
+                        reader.resume();
+                        assert_eq!(ring.consumer_pos().load_relaxed(), cursor);
+                    }
+                    2 => {
+                        reader.follow();
+                        assert_eq!(reader.cursor(), position);
+                        following_garbage |= position != cursor;
+                    }
+                    // The other writer puts the word back: the reader goes on as if nothing
+                    // had happened.
+                    _ => {
+                        // SAFETY: as above.
+                        unsafe { ring.store_consumer_pos(cursor) };
+                    }
+                }
+            }
+            Op::CorruptHeader { index, raw, read } if !oracle.records.is_empty() => {
+                let record = &oracle.records[index % oracle.records.len()];
+                let offset = record.position & oracle.mask;
+                let original = ring.header(offset).load_relaxed();
+                // SAFETY: the overwrite reader lends no bytes; the producer does not run until
+                // the word is restored.
+                unsafe { ring.store_header(offset, raw) };
+                if read {
+                    let mut buf = vec![0u8; oracle.mask + 1];
+                    plausible(&reader.read_into(&mut buf), op);
+                    // What it consumed depends on the garbage.
+                    following_garbage = true;
+                } else {
+                    plausible(&reader.snapshot_vec(), op);
+                }
+                // SAFETY: as above.
+                unsafe { ring.store_header(offset, original) };
+            }
+            Op::CorruptHeader { .. } => {}
             Op::SleepCheck => {
                 // "Read before sleeping" unless nothing is there or the head is BUSY: a
                 // discarded head must be consumed first, or consumer_pos would stay behind the
@@ -313,27 +461,33 @@ pub fn check(script: &Script) {
                     .records
                     .iter()
                     .find(|record| record.position == start);
-                let readable = head.is_some_and(|record| record.state != State::Busy);
-                assert_eq!(reader.check_before_sleep(), readable, "{op:?}");
+                let expected = match head {
+                    None => Readiness::Empty,
+                    Some(record) if record.state == State::Busy => Readiness::HeadBusy,
+                    Some(_) => Readiness::Readable,
+                };
+                assert_eq!(reader.check_before_sleep(), expected, "{op:?}");
             }
         }
         // The shared words and the lost-byte count agree with the oracle after every step.
         assert_eq!(
-            ring.producer_pos().load(Ordering::SeqCst),
+            ring.producer_pos().load_relaxed(),
             oracle.producer_pos,
             "{op:?}"
         );
         assert_eq!(
-            ring.overwrite_pos().load(Ordering::SeqCst),
+            ring.overwrite_pos().load_relaxed(),
             oracle.overwrite_pos,
             "{op:?}"
         );
-        assert_eq!(
-            ring.consumer_pos().load(Ordering::SeqCst),
-            oracle.consumer_pos,
-            "{op:?}"
-        );
-        assert_eq!(reader.stats().lost_bytes, oracle.lost_bytes, "{op:?}");
+        if !following_garbage {
+            assert_eq!(
+                ring.consumer_pos().load_relaxed(),
+                oracle.consumer_pos,
+                "{op:?}"
+            );
+            assert_eq!(reader.stats().lost_bytes, oracle.lost_bytes, "{op:?}");
+        }
         assert_eq!(
             reader.stats().torn_records,
             0,
@@ -341,7 +495,7 @@ pub fn check(script: &Script) {
         );
     }
     for reservation in outstanding {
-        producer.discard(reservation, Wakeup::Never);
+        reservation.discard(Wakeup::Never);
     }
 }
 

@@ -10,7 +10,7 @@
 //! `[flags][length: 2 or 4]`, then `[producer mode][producer delta: 2][op count][ops...]`.
 
 use bpf_ringbuf::model::HeapRing;
-use bpf_ringbuf::{Consumer, RingMemory, RingMemoryMut};
+use bpf_ringbuf::{RingMemory, RingMemoryMut};
 
 use crate::check::{apply, ReadOp};
 use crate::input::Input;
@@ -105,8 +105,8 @@ pub fn check(layout: &Layout) {
             break;
         }
         let offset = position % size;
-        ring.header(offset)
-            .store(raw, core::sync::atomic::Ordering::Relaxed);
+        // SAFETY: no consumer exists yet: this thread is the only one touching the ring.
+        unsafe { ring.store_header(offset, raw) };
         let payload_len = ((record as usize) - 8).min(2 * size - offset - 8);
         // SAFETY: `offset + 8 + payload_len <= 2 * size`, and no consumer exists yet: this
         // thread is the only one touching the ring.
@@ -119,17 +119,15 @@ pub fn check(layout: &Layout) {
         laid += step;
     }
     let producer_pos = position.wrapping_add_signed(layout.producer_delta);
-    ring.producer_pos()
-        .store(producer_pos, core::sync::atomic::Ordering::Relaxed);
-
-    let header = |offset: usize| {
-        ring.header(offset)
-            .load(core::sync::atomic::Ordering::Relaxed)
-    };
+    // SAFETY: as above.
+    unsafe { ring.store_producer_pos(producer_pos) };
+    // The ring's only endpoints (the producer is never used: the layout is the ring's state).
+    let (_producer, mut consumer) = ring.split();
+    let ring = consumer.memory().clone();
+    let header = |offset: usize| ring.header(offset).load_relaxed();
     // SAFETY: the walk asks for ranges inside the data area; nothing writes the ring while the
     // copy is taken (single thread, no producer).
     let bytes = |offset: usize, len: usize| unsafe { ring.bytes(offset, len) }.to_vec();
-    let mut consumer = Consumer::new(&ring).expect("valid size");
     let final_ops = [
         ReadOp::Consume {
             budget: usize::MAX,

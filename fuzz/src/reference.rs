@@ -85,7 +85,7 @@ pub fn walk(
     }
     if consumer_pos % 8 != 0 {
         return vec![Step::Invalid(ReadError::MisalignedPosition {
-            consumer_pos,
+            position: consumer_pos,
         })];
     }
     let at = |walked: u128| ((consumer_pos as u128 + walked) % modulus) as usize;
@@ -99,13 +99,15 @@ pub fn walk(
         }
         let offset = position % size;
         let raw = header(offset);
-        if raw & BUSY_BIT != 0 {
-            steps.push(Step::Busy { position });
-            return steps;
-        }
         let len = raw & LENGTH_MASK;
         let record = record_size(len);
         let available = ahead - walked;
+        // A BUSY record always fits before producer_pos (its length is written before the
+        // position is released past it): a BUSY header that does not fit is corruption.
+        if raw & BUSY_BIT != 0 && record <= available {
+            steps.push(Step::Busy { position });
+            return steps;
+        }
         if record > available {
             steps.push(Step::Corrupt {
                 position,

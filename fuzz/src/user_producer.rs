@@ -13,12 +13,11 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
 
 use bpf_ringbuf::geometry::distance;
-use bpf_ringbuf::model::{HeapRing, KernelDrain, Wakeup};
+use bpf_ringbuf::model::{HeapRing, Wakeup};
 use bpf_ringbuf::producer::{MAX_SAMPLES_PER_DRAIN, MAX_SAMPLE_LEN};
-use bpf_ringbuf::{Producer, ReserveError, RingMemory};
+use bpf_ringbuf::{ReserveError, RingMemory};
 
 use crate::input::Input;
 use crate::reference::record_size;
@@ -149,8 +148,8 @@ pub fn run(bytes: &[u8]) {
 /// acceptance rules.
 fn check_published(ring: &HeapRing, records: &VecDeque<Record>) {
     let size = ring.size();
-    let consumer_pos = ring.consumer_pos().load(Ordering::Relaxed);
-    let producer_pos = ring.producer_pos().load(Ordering::Relaxed);
+    let consumer_pos = ring.consumer_pos().load_relaxed();
+    let producer_pos = ring.producer_pos().load_relaxed();
     assert_eq!(producer_pos % 8, 0, "misaligned producer_pos published");
     assert!(
         distance(consumer_pos, producer_pos) <= size,
@@ -159,7 +158,7 @@ fn check_published(ring: &HeapRing, records: &VecDeque<Record>) {
     let mut position = consumer_pos;
     for record in records {
         assert_eq!(record.position, position, "records are not back to back");
-        let raw = ring.header(position % size).load(Ordering::Relaxed);
+        let raw = ring.header(position % size).load_relaxed();
         let len = (raw & (DISCARD_BIT - 1)) as usize;
         let claimed = record_size(len as u32);
         // __bpf_user_ringbuf_peek's checks, in its order.
@@ -186,11 +185,10 @@ fn check_published(ring: &HeapRing, records: &VecDeque<Record>) {
 /// Runs `script` and checks every step against the oracle.
 pub fn check(script: &Script) {
     let size = script.size;
-    let ring = HeapRing::starting_at(size, script.start).expect("valid size");
-    // SAFETY: the only producer of this ring; the drain model publishes only past samples it
-    // has finished reading.
-    let producer = unsafe { Producer::new(&ring) }.expect("valid size");
-    let drain = KernelDrain::new(&ring).expect("valid size");
+    let (producer, drain) = HeapRing::starting_at(size, script.start)
+        .expect("valid size")
+        .split_user();
+    let ring = producer.memory().clone();
     let max_len = producer.max_len();
     assert_eq!(max_len, (size - 8).min(MAX_SAMPLE_LEN));
     let mut records: VecDeque<Record> = VecDeque::new();
@@ -212,8 +210,8 @@ pub fn check(script: &Script) {
         wakeup: Wakeup::Adaptive,
     });
     for op in ops {
-        let consumer_pos = ring.consumer_pos().load(Ordering::Relaxed);
-        let producer_pos = ring.producer_pos().load(Ordering::Relaxed);
+        let consumer_pos = ring.consumer_pos().load_relaxed();
+        let producer_pos = ring.producer_pos().load_relaxed();
         let used = distance(consumer_pos, producer_pos);
         match op {
             Op::Reserve(_) | Op::Output(_) => {
@@ -337,10 +335,7 @@ pub fn check(script: &Script) {
                 let expected_consumer_pos = records
                     .front()
                     .map_or(producer_pos, |record| record.position);
-                assert_eq!(
-                    ring.consumer_pos().load(Ordering::Relaxed),
-                    expected_consumer_pos
-                );
+                assert_eq!(ring.consumer_pos().load_relaxed(), expected_consumer_pos);
             }
             Op::FreeSpace { before_sleep } => {
                 let free = if before_sleep {

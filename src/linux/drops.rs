@@ -1,12 +1,12 @@
 //! Reading the counter BPF programs keep of the records they could not reserve.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::vec::Vec;
 use std::{io, vec};
 
 use bpf_ringbuf_sys::{self as sys, MapType};
 
-use crate::Error;
+use crate::{Error, MapSource, OpenError};
 
 /// The lost-event counter of a BPF program: a `u64` the program increments when
 /// `bpf_ringbuf_reserve` (or `bpf_ringbuf_output`) fails because the ring is full.
@@ -70,19 +70,23 @@ impl DropCounter {
     ///
     /// # Errors
     ///
-    /// [`Error::WrongMapType`] unless `map` is a `PERCPU_ARRAY` or an `ARRAY`; [`Error::Io`]
-    /// (`InvalidInput`) unless its values are 8 bytes and `key` is in range; [`Error::Bpf`]
-    /// if the kernel refuses an operation.
+    /// [`Error::Open`] naming the fd with [`OpenError::WrongMapType`] unless `map` is a
+    /// `PERCPU_ARRAY` or an `ARRAY`; [`Error::Io`] (`InvalidInput`) unless its values are 8
+    /// bytes and `key` is in range; [`Error::Bpf`] if the kernel refuses an operation.
     pub fn with_key(map: impl AsFd, key: u32) -> Result<Self, Error> {
+        let source = MapSource::Fd(map.as_fd().as_raw_fd());
         let map = rustix::io::fcntl_dupfd_cloexec(map.as_fd(), 0)?;
         let info = sys::map_info(map.as_fd())?;
         let slots = match info.map_type() {
             MapType::PERCPU_ARRAY => sys::possible_cpus().map_err(Error::Io)?,
             MapType::ARRAY => 1,
             found => {
-                return Err(Error::WrongMapType {
-                    expected: MapType::PERCPU_ARRAY,
-                    found,
+                return Err(Error::Open {
+                    map: source,
+                    reason: OpenError::WrongMapType {
+                        expected: MapType::PERCPU_ARRAY,
+                        found,
+                    },
                 })
             }
         };

@@ -30,6 +30,13 @@ pub enum WaitOutcome {
     Closed,
 }
 
+impl WaitOutcome {
+    /// Whether a committed record is waiting ([`WaitOutcome::Ready`]).
+    pub fn is_ready(self) -> bool {
+        self == Self::Ready
+    }
+}
+
 /// State shared by a waiter and its [`Flusher`]s.
 #[derive(Debug)]
 pub(crate) struct WakeState {
@@ -52,27 +59,6 @@ impl WakeState {
 
     pub(crate) fn eventfd(&self) -> BorrowedFd<'_> {
         self.eventfd.as_fd()
-    }
-
-    /// A [`Flusher`] for the waiter whose epoll set is `epoll`: the shared state in `slot`,
-    /// created and added to the set (edge-triggered, with event data `token`) on first use.
-    pub(crate) fn flusher_for(
-        epoll: BorrowedFd<'_>,
-        slot: &mut Option<Arc<Self>>,
-        token: u64,
-    ) -> Result<Flusher, Error> {
-        if let Some(wake) = slot {
-            return Ok(Flusher::new(wake.clone()));
-        }
-        let wake = Self::new()?;
-        rustix::event::epoll::add(
-            epoll,
-            wake.eventfd(),
-            rustix::event::epoll::EventData::new_u64(token),
-            rustix::event::epoll::EventFlags::IN | rustix::event::epoll::EventFlags::ET,
-        )?;
-        *slot = Some(wake.clone());
-        Ok(Flusher::new(wake))
     }
 
     /// Resets the eventfd counter after it woke the waiter (the flags carry the meaning).
@@ -106,7 +92,8 @@ impl WakeState {
 /// reader drain what is there and report [`WaitOutcome::Flushed`] once;
 /// [`close`](Flusher::close) makes it drain and report [`WaitOutcome::Closed`] from then on.
 ///
-/// Get one from [`RingBuf::flusher`](crate::RingBuf::flusher) or
+/// Get one from [`RingBuf::flusher`](crate::RingBuf::flusher),
+/// [`OverwriteRingBuf::flusher`](crate::OverwriteRingBuf::flusher) or
 /// [`Poller::flusher`](crate::Poller::flusher). It is `Send + Sync + Clone`; clones act on
 /// the same reader. Signalling goes through an eventfd in the reader's epoll set, so a reader
 /// asleep in `epoll_wait` wakes at once, and a reader about to sleep finds the flag first.
@@ -123,7 +110,7 @@ impl WakeState {
 ///     flusher.close().unwrap(); // e.g. on Ctrl-C
 /// });
 /// loop {
-///     match ring.wait_for(None)? {
+///     match ring.wait(None)? {
 ///         WaitOutcome::Ready => {
 ///             ring.consume(usize::MAX, |record| ControlFlow::Continue(()))?;
 ///         }

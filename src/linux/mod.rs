@@ -5,6 +5,7 @@
 
 mod claim;
 mod drops;
+mod endpoint;
 mod error;
 mod flush;
 mod mapping;
@@ -12,23 +13,21 @@ mod overwrite;
 mod poller;
 pub mod probe;
 mod ringbuf;
-mod space;
 #[cfg(feature = "tokio")]
 mod tokio;
 mod user;
 mod wait;
 
 pub use drops::DropCounter;
-pub use error::Error;
+pub use error::{Error, MapSource, OpenError};
 pub use flush::{Flusher, WaitOutcome};
-pub use mapping::{MapKind, RingMapping};
+pub use mapping::RingMapping;
 pub use overwrite::OverwriteRingBuf;
-pub use poller::{PollOutcome, Poller, RingId, SpaceWaiter};
+pub use poller::{PollOutcome, Poller};
 pub use probe::{Feature, Support};
 pub use ringbuf::RingBuf;
-pub use space::UserRingSpace;
 #[cfg(feature = "tokio")]
-pub use tokio::{AsyncRingBuf, AsyncSpaceWaiter};
+pub use tokio::{AsyncRingBuf, AsyncUserRingBuf};
 pub use user::UserRingBuf;
 pub use wait::WaitStats;
 

@@ -1,27 +1,25 @@
-use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
-use std::time::Duration;
+use std::ops::ControlFlow;
+use std::vec::Vec;
 
-use bpf_ringbuf_sys::{self as sys, MapFlags, MapType};
-use rustix::event::epoll;
-
-use super::claim::{MapClaim, Role};
-use super::mapping::{map_info_of_type, MapKind, RingMapping};
-use super::wait::{WaitStats, Waiter};
-use crate::overwrite::OverwriteConsumer;
-use crate::Error;
+use super::endpoint::{endpoint_methods, reader_waiting_methods, Endpoint};
+use super::error::OpenError;
+use super::mapping::{RingKind, RingMapping};
+use super::wait::Sleeper;
+use crate::consumer::{Positions, Readiness};
+use crate::error::ReadError;
+use crate::overwrite::{OverwriteConsumer, OverwriteStats};
 
 /// A `BPF_MAP_TYPE_RINGBUF` created with `BPF_F_RB_OVERWRITE` (Linux 6.19+), opened for
 /// reading: a flight recorder that keeps the newest records.
 ///
-/// It dereferences to an [`OverwriteConsumer`]: records are copied out and validated against
-/// `overwrite_pos` ([`read_into`](OverwriteConsumer::read_into),
-/// [`snapshot`](OverwriteConsumer::snapshot)), never lent zero-copy, because the kernel may
+/// Records are copied out and validated against `overwrite_pos` by an
+/// [`OverwriteConsumer`] ([`read_into`](OverwriteRingBuf::read_into),
+/// [`snapshot`](OverwriteRingBuf::snapshot)), never lent zero-copy, because the kernel may
 /// overwrite a record while it is being read. Records lost to overwriting are counted in
-/// [`stats`](OverwriteConsumer::stats).
+/// [`stats`](OverwriteRingBuf::stats).
 ///
-/// Opening a map without the flag gives [`Error::OverwriteMode`]; so does opening an
+/// Opening a map without the flag fails with
+/// [`OpenError::OverwriteMode`](crate::OpenError::OverwriteMode); so does opening an
 /// overwrite-mode map with [`RingBuf`](crate::RingBuf).
 ///
 /// # Examples
@@ -39,125 +37,137 @@ use crate::Error;
 /// ```
 #[derive(Debug)]
 pub struct OverwriteRingBuf {
-    // Field order: unmap before closing the map fd.
+    /// The reader over the mapping (which holds the map fd and the claim); never lent out
+    /// mutably.
     consumer: OverwriteConsumer<RingMapping>,
-    waiter: Waiter,
-    /// This process's only reader of the map (released after the mapping is gone).
-    claim: MapClaim,
-    map: OwnedFd,
+    sleeper: Sleeper,
 }
+
+impl Endpoint for OverwriteRingBuf {
+    const KIND: RingKind = RingKind::OverwriteRing;
+
+    fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError> {
+        let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
+        sleeper
+            .watch(mapping.map_fd(), mapping.map_id(), Self::KIND.interest())
+            .map_err(|errno| OpenError::Io(errno.into()))?;
+        let geometry = mapping.geometry();
+        // SAFETY: as for `RingBuf`: the mapping's claim makes this the map's only reader in
+        // this process, and it moves into the reader; the consumer page is read-write.
+        let consumer = unsafe { OverwriteConsumer::from_geometry(mapping, geometry) };
+        Ok(Self { consumer, sleeper })
+    }
+}
+
+endpoint_methods!(
+    OverwriteRingBuf,
+    "`BPF_MAP_TYPE_RINGBUF` (overwrite mode)",
+    |ring| ring.consumer.memory()
+);
+reader_waiting_methods!(OverwriteRingBuf, |consumer| consumer.check_before_sleep()
+    == Readiness::Readable);
 
 impl OverwriteRingBuf {
-    /// Opens the overwrite-mode RINGBUF map behind `map`, duplicating the fd.
+    /// Copies the oldest record not yet read (and not overwritten) into `buf` and consumes
+    /// it. See [`OverwriteConsumer::read_into`].
     ///
     /// # Errors
     ///
-    /// [`Error::WrongMapType`] if `map` is not a RINGBUF, [`Error::OverwriteMode`] if it was
-    /// not created with `BPF_F_RB_OVERWRITE`; [`Error::Bpf`], [`Error::Map`] or [`Error::Io`]
-    /// if the kernel refuses an operation.
-    pub fn new(map: impl AsFd) -> Result<Self, Error> {
-        let fd = rustix::io::fcntl_dupfd_cloexec(map.as_fd(), 0)?;
-        Self::from_owned_fd(fd)
+    /// [`ReadError::BufferTooSmall`] if it does not fit, or a ring-corruption [`ReadError`].
+    pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        self.consumer.read_into(buf)
     }
 
-    /// Opens the overwrite-mode RINGBUF map behind `map`, taking ownership of the fd.
+    /// Reads records one by one into `scratch`, calling `f` with each copy. See
+    /// [`OverwriteConsumer::consume`].
     ///
     /// # Errors
     ///
-    /// As for [`OverwriteRingBuf::new`].
-    pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
-        let info = map_info_of_type(map.as_fd(), MapType::RINGBUF)?;
-        if !info.flags().contains(MapFlags::RB_OVERWRITE) {
-            return Err(Error::OverwriteMode {
-                map_overwrites: false,
-            });
-        }
-        let claim = MapClaim::new(info.id, Role::Reader)?;
-        let mapping = RingMapping::new(
-            map.as_fd(),
-            info.max_entries as usize,
-            MapKind::KernelProducer,
-        )?;
-        let consumer = OverwriteConsumer::new(mapping).map_err(Error::Geometry)?;
-        let waiter = Waiter::new(map.as_fd(), epoll::EventFlags::IN)?;
-        Ok(Self {
-            consumer,
-            waiter,
-            claim,
-            map,
-        })
+    /// As for [`read_into`](OverwriteRingBuf::read_into).
+    pub fn consume<F>(
+        &mut self,
+        scratch: &mut [u8],
+        budget: usize,
+        f: F,
+    ) -> Result<usize, ReadError>
+    where
+        F: FnMut(&[u8]) -> ControlFlow<()>,
+    {
+        self.consumer.consume(scratch, budget, f)
     }
 
-    /// Opens an overwrite-mode RINGBUF map pinned in a BPF filesystem.
+    /// Calls `f` with a copy of every record in the ring, oldest first, consuming nothing.
+    /// See [`OverwriteConsumer::snapshot`].
     ///
     /// # Errors
     ///
-    /// As for [`OverwriteRingBuf::new`].
-    pub fn from_pinned(path: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::from_owned_fd(sys::obj_get(path.as_ref())?)
+    /// [`ReadError::BufferTooSmall`] if a record does not fit `scratch`, or a
+    /// ring-corruption [`ReadError`].
+    pub fn snapshot<F>(&mut self, scratch: &mut [u8], f: F) -> Result<usize, ReadError>
+    where
+        F: FnMut(&[u8]),
+    {
+        self.consumer.snapshot(scratch, f)
     }
 
-    /// Opens an overwrite-mode RINGBUF map by its id.
+    /// Every record in the ring, oldest first, as owned copies. See
+    /// [`OverwriteConsumer::snapshot_vec`].
     ///
     /// # Errors
     ///
-    /// As for [`OverwriteRingBuf::new`].
-    pub fn from_map_id(id: u32) -> Result<Self, Error> {
-        Self::from_owned_fd(sys::map_get_fd_by_id(id)?)
+    /// A ring-corruption [`ReadError`].
+    pub fn snapshot_vec(&mut self) -> Result<Vec<Vec<u8>>, ReadError> {
+        self.consumer.snapshot_vec()
     }
 
-    /// The map's fd.
-    pub fn map_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
-    }
-
-    /// The map's id. This process reads the map through this value only: opening it a second
-    /// time while this one lives fails with [`Error::ReaderExists`].
-    pub fn map_id(&self) -> u32 {
-        self.claim.map_id
-    }
-
-    /// Size of the data area in bytes.
-    pub fn size(&self) -> usize {
-        self.consumer.memory().geometry().size()
-    }
-
-    /// Waits until a record can be read, or `timeout` passes (`None`: no limit); returns
-    /// whether one can. Before each sleep it runs
-    /// [`OverwriteConsumer::check_before_sleep`], so no wakeup is lost, even after the reader
-    /// was lapped.
+    /// Bytes of records still in the ring and not yet read. See
+    /// [`OverwriteConsumer::available`].
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `epoll_wait` fails.
-    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let consumer = &mut self.consumer;
-        self.waiter
-            .wait_until(timeout, || consumer.check_before_sleep())
+    /// A [`ReadError`] if `consumer_pos` was moved or is corrupt.
+    pub fn available(&self) -> Result<usize, ReadError> {
+        self.consumer.available()
     }
 
-    /// Counters of this ring's waits.
-    pub fn wait_stats(&self) -> WaitStats {
-        self.waiter.stats
+    /// Both positions, as the ring's shared words hold them now.
+    pub fn positions(&self) -> Positions {
+        self.consumer.positions()
     }
-}
 
-impl Deref for OverwriteRingBuf {
-    type Target = OverwriteConsumer<RingMapping>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.consumer
+    /// The position this reader has read up to.
+    pub fn cursor(&self) -> usize {
+        self.consumer.cursor()
     }
-}
 
-impl DerefMut for OverwriteRingBuf {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.consumer
+    /// `overwrite_pos`: every record before it has been overwritten.
+    pub fn overwrite_pos(&self) -> usize {
+        self.consumer.overwrite_pos()
     }
-}
 
-impl AsFd for OverwriteRingBuf {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
+    /// Counters of what was read and lost so far.
+    pub fn stats(&self) -> OverwriteStats {
+        self.consumer.stats()
+    }
+
+    /// The check before sleeping in an event loop of your own; [`wait`](Self::wait) runs it
+    /// for you. See [`OverwriteConsumer::check_before_sleep`].
+    pub fn check_before_sleep(&mut self) -> Readiness {
+        self.consumer.check_before_sleep()
+    }
+
+    /// After [`ReadError::ConsumerPosMoved`]: continue from this reader's own cursor.
+    pub fn resume(&mut self) {
+        self.consumer.resume()
+    }
+
+    /// After [`ReadError::ConsumerPosMoved`]: adopt the other writer's position.
+    pub fn follow(&mut self) {
+        self.consumer.follow()
+    }
+
+    /// Skips everything written so far; returns the bytes skipped.
+    pub fn resync(&mut self) -> usize {
+        self.consumer.resync()
     }
 }

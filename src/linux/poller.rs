@@ -1,56 +1,20 @@
 //! Waiting on many rings at once: one epoll set, a per-ring record budget, rings added and
 //! removed at run time.
 
-use std::any::Any;
-use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
-use rustix::event::epoll;
-
-use super::flush::{Flusher, WaitOutcome, WakeState};
+use super::flush::{Flusher, WaitOutcome};
+use super::mapping::RingKind;
 use super::ringbuf::RingBuf;
-use super::wait::{deadline_after, epoll_wait, next_sleep, WaitStats};
+use super::user::UserRingBuf;
+use super::wait::{deadline_after, passed, Sleeper, WaitStats, Woke};
 use crate::consumer::{Readiness, Stats};
+use crate::header::record_size;
 use crate::Error;
-
-/// epoll data of the flush/close eventfd; ring ids count up from 0 and never reach it.
-const WAKE_TOKEN: u64 = u64::MAX;
-
-/// Events taken from the epoll set per `epoll_wait`.
-const EVENT_BATCH: usize = 64;
-
-/// Names a ring in a [`Poller`]; ids are never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RingId(u64);
-
-impl RingId {
-    /// The id as a number (unique within its poller).
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-/// A ring the [`Poller`] watches for free space: a `BPF_MAP_TYPE_USER_RINGBUF` producer
-/// waiting for the kernel to drain records.
-///
-/// The poller registers [`fd`](SpaceWaiter::fd) for `EPOLLOUT`, edge-triggered, and asks
-/// [`has_space`](SpaceWaiter::has_space) before every sleep and after every wakeup, as the
-/// reader side does with [`check_before_sleep`](crate::Consumer::check_before_sleep).
-pub trait SpaceWaiter: Send {
-    /// The map's fd, which the kernel signals writable after `bpf_user_ringbuf_drain`
-    /// consumed records.
-    fn fd(&self) -> BorrowedFd<'_>;
-
-    /// Whether the producer can write what it is waiting to write. Must issue a full fence
-    /// before reading `consumer_pos`, so that a drain that happens after this returns `false`
-    /// is signalled.
-    fn has_space(&self) -> bool;
-}
 
 /// What one [`Poller::poll`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,54 +35,59 @@ pub enum PollOutcome {
     Closed,
 }
 
-enum Source {
-    Reader(RingBuf),
-    Writer(Box<dyn AnyWriter>),
+/// A ring the poller holds.
+#[derive(Debug)]
+enum Polled {
+    /// A RINGBUF to read.
+    Ring(RingBuf),
+    /// A USER_RINGBUF waiting for room for a `space`-byte payload.
+    UserRing { ring: UserRingBuf, space: usize },
 }
 
-/// A [`SpaceWaiter`] that can be given back as its own type.
-trait AnyWriter: SpaceWaiter {
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-    fn as_any(&self) -> &dyn Any;
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
-}
-
-impl<W: SpaceWaiter + 'static> AnyWriter for W {
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
+impl Polled {
+    fn map_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Ring(ring) => ring.map_fd(),
+            Self::UserRing { ring, .. } => ring.map_fd(),
+        }
     }
 }
 
+#[derive(Debug)]
 struct Entry {
-    source: Source,
-    /// In `pending`: signalled or found readable, not yet drained.
+    polled: Polled,
+    /// In `pending`: signalled or found ready, not yet served.
     pending: bool,
     /// The fd was signalled since the ring last left the queue (for `spurious_wakeups`).
     signalled: bool,
 }
 
 /// Waits on many rings at once — per-CPU rings, the inner rings of a map-in-map — through one
-/// edge-triggered epoll set, and drains the ready ones fairly.
+/// edge-triggered epoll set, and drains the ready ones fairly. It also watches user rings
+/// (USER_RINGBUF) for room to write.
+///
+/// Rings are named by their map ids (what [`RingBuf::map_id`] returns): a process has at most
+/// one reader or producer per map, so the id names one ring here.
 ///
 /// [`poll`](Poller::poll) sleeps until a ring is signalled (or a deadline, a
 /// [flush or close](Poller::flusher), or the [periodic drain](Poller::set_periodic_drain)
 /// interval; before reporting a timeout, flush or close it checks every ring once more),
-/// then goes once round the ready rings, taking at most
-/// [`budget`](Poller::set_budget) records from each, so one busy ring cannot starve the
-/// others: a ring that hit its budget goes to the back of the queue and is served again by
-/// the next `poll` without waiting for another wakeup (with edge-triggered epoll none would
-/// come).
+/// then goes once round the ready rings, taking at most [`budget`](Poller::set_budget)
+/// records from each, so one busy ring cannot starve the others: a ring that hit its budget
+/// goes to the back of the queue and is served again by the next `poll` without waiting for
+/// another wakeup (with edge-triggered epoll none would come).
 ///
 /// Like [`RingBuf::wait`], it checks each ring it drained before it sleeps (publish, full
 /// fence, look again), so no record is stranded by a wakeup the kernel decided not to send,
 /// and a ring whose head record is BUSY leaves the queue until the kernel signals its commit:
 /// no spinning.
+///
+/// The poller owns its rings and lends them out only shared ([`ring`](Poller::ring),
+/// [`user_ring`](Poller::user_ring)): a ring in the poller cannot be swapped for another
+/// behind its epoll registration. To act on one mutably (recover from a [`ReadError`]),
+/// [remove](Poller::remove_ring) it and add it back.
+///
+/// [`ReadError`]: crate::ReadError
 ///
 /// # Examples
 ///
@@ -129,14 +98,14 @@ struct Entry {
 /// use std::time::Duration;
 ///
 /// let mut poller = Poller::new()?;
-/// let mut names = std::collections::HashMap::new();
+/// let mut cpus = std::collections::HashMap::new();
 /// for cpu in 0..2 {
-///     let id = poller.add(RingBuf::from_pinned(format!("/sys/fs/bpf/events_{cpu}"))?)?;
-///     names.insert(id, cpu);
+///     let id = poller.add_ring(RingBuf::from_pinned(format!("/sys/fs/bpf/events_{cpu}"))?)?;
+///     cpus.insert(id, cpu);
 /// }
 /// loop {
 ///     match poller.poll(Some(Duration::from_secs(1)), |id, record| {
-///         println!("cpu {}: {} bytes", names[&id], record.len());
+///         println!("cpu {}: {} bytes", cpus[&id], record.len());
 ///         ControlFlow::Continue(())
 ///     })? {
 ///         PollOutcome::Closed => break,
@@ -145,18 +114,15 @@ struct Entry {
 /// }
 /// # Ok(()) }
 /// ```
+#[derive(Debug)]
 pub struct Poller {
-    epoll: OwnedFd,
-    entries: HashMap<u64, Entry>,
-    /// Ring ids to drain, in order: signalled, found readable, or over budget last round.
-    pending: VecDeque<u64>,
-    /// Writers found to have space by the last poll.
-    writable: Vec<RingId>,
-    next_id: u64,
+    sleeper: Sleeper,
+    entries: HashMap<u32, Entry>,
+    /// Map ids to serve, in order: signalled, found ready, or over budget last round.
+    pending: VecDeque<u32>,
+    /// User rings found to have space by the last poll.
+    writable: Vec<u32>,
     budget: usize,
-    periodic_drain: Option<Duration>,
-    wake: Option<Arc<WakeState>>,
-    stats: WaitStats,
 }
 
 impl Poller {
@@ -171,15 +137,11 @@ impl Poller {
     /// [`Error::Io`] if the epoll set cannot be created.
     pub fn new() -> Result<Self, Error> {
         Ok(Self {
-            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            sleeper: Sleeper::new()?,
             entries: HashMap::new(),
             pending: VecDeque::new(),
             writable: Vec::new(),
-            next_id: 0,
             budget: Self::DEFAULT_BUDGET,
-            periodic_drain: None,
-            wake: None,
-            stats: WaitStats::default(),
         })
     }
 
@@ -192,155 +154,137 @@ impl Poller {
     /// wakeup (`None`, the default: only wakeups end a sleep). Needed for producers that commit
     /// with `BPF_RB_NO_WAKEUP`; see [`RingBuf::set_periodic_drain`].
     pub fn set_periodic_drain(&mut self, interval: Option<Duration>) {
-        self.periodic_drain = interval;
+        self.sleeper.periodic_drain = interval;
     }
 
-    /// Adds a ring to read; it is drained by the next poll (it may hold records already).
+    /// Adds a ring to read; returns its map id. It is drained by the next poll (it may hold
+    /// records already).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if its fd cannot be added to the epoll set.
-    pub fn add(&mut self, ring: RingBuf) -> Result<RingId, Error> {
-        self.insert(Source::Reader(ring), epoll::EventFlags::IN)
+    pub fn add_ring(&mut self, ring: RingBuf) -> Result<u32, Error> {
+        self.insert(ring.map_id(), Polled::Ring(ring), RingKind::Ring)
     }
 
-    /// Adds a user ring to wait for space on (`EPOLLOUT`), such as a
-    /// [`UserRingSpace`](crate::UserRingSpace); [`poll`](Poller::poll) reports it in
-    /// [`writable`](Poller::writable) when [`SpaceWaiter::has_space`] holds. Reach it again
-    /// with [`writer_mut`](Poller::writer_mut) (to write) or
-    /// [`remove_writer`](Poller::remove_writer).
+    /// Adds a user ring to watch for room for a `space`-byte payload; returns its map id.
+    /// [`poll`](Poller::poll) reports it in [`writable`](Poller::writable) once the kernel's
+    /// drain has made that room (or when `space` can never fit, or the ring is corrupt: the
+    /// next [`reserve`](UserRingBuf::reserve) then says why); write through
+    /// [`user_ring`](Poller::user_ring).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if its fd cannot be added to the epoll set.
-    pub fn add_writer<W: SpaceWaiter + 'static>(&mut self, writer: W) -> Result<RingId, Error> {
-        self.insert(Source::Writer(Box::new(writer)), epoll::EventFlags::OUT)
+    pub fn add_user_ring(&mut self, ring: UserRingBuf, space: usize) -> Result<u32, Error> {
+        self.insert(
+            ring.map_id(),
+            Polled::UserRing { ring, space },
+            RingKind::UserRing,
+        )
     }
 
-    fn insert(&mut self, source: Source, interest: epoll::EventFlags) -> Result<RingId, Error> {
-        let id = self.next_id;
-        let fd = match &source {
-            Source::Reader(ring) => ring.map_fd(),
-            Source::Writer(writer) => writer.fd(),
-        };
-        epoll::add(
-            &self.epoll,
-            fd,
-            epoll::EventData::new_u64(id),
-            interest | epoll::EventFlags::ET,
-        )?;
-        self.next_id += 1;
+    fn insert(&mut self, id: u32, polled: Polled, kind: RingKind) -> Result<u32, Error> {
+        self.sleeper.watch(polled.map_fd(), id, kind.interest())?;
         self.entries.insert(
             id,
             Entry {
-                source,
+                polled,
                 pending: true,
                 signalled: false,
             },
         );
         self.pending.push_back(id);
-        Ok(RingId(id))
+        Ok(id)
     }
 
-    /// Removes a reader and gives it back (`None` if `id` is not a reader here). Records it
-    /// holds stay in it.
+    /// Removes the ring with map id `id` and gives it back (`None` if no ring here has it).
+    /// Records it holds stay in it.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if its fd cannot be removed from the epoll set.
-    pub fn remove(&mut self, id: RingId) -> Result<Option<RingBuf>, Error> {
-        match self.entries.get(&id.0).map(|entry| &entry.source) {
-            Some(Source::Reader(_)) => {}
-            _ => return Ok(None),
+    pub fn remove_ring(&mut self, id: u32) -> Result<Option<RingBuf>, Error> {
+        if self.ring(id).is_none() {
+            return Ok(None);
         }
-        match self.take(id)? {
-            Some(Source::Reader(ring)) => Ok(Some(ring)),
-            _ => Ok(None),
-        }
+        Ok(match self.take(id)? {
+            Polled::Ring(ring) => Some(ring),
+            Polled::UserRing { .. } => None,
+        })
     }
 
-    /// Removes the writer `id` and gives it back (`None`, and nothing removed, if `id` is not
-    /// a writer of type `W` here).
+    /// Removes the user ring with map id `id` and gives it back (`None` if no user ring here
+    /// has it).
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if its fd cannot be removed from the epoll set.
-    pub fn remove_writer<W: SpaceWaiter + 'static>(
-        &mut self,
-        id: RingId,
-    ) -> Result<Option<W>, Error> {
-        if self.writer::<W>(id).is_none() {
+    pub fn remove_user_ring(&mut self, id: u32) -> Result<Option<UserRingBuf>, Error> {
+        if self.user_ring(id).is_none() {
             return Ok(None);
         }
-        match self.take(id)? {
-            Some(Source::Writer(writer)) => Ok(writer.into_any().downcast().ok().map(|w| *w)),
-            _ => Ok(None),
-        }
+        Ok(match self.take(id)? {
+            Polled::UserRing { ring, .. } => Some(ring),
+            Polled::Ring(_) => None,
+        })
     }
 
-    fn take(&mut self, id: RingId) -> Result<Option<Source>, Error> {
-        let Some(entry) = self.entries.get(&id.0) else {
-            return Ok(None);
-        };
-        let fd = match &entry.source {
-            Source::Reader(ring) => ring.map_fd(),
-            Source::Writer(writer) => writer.fd(),
-        };
-        epoll::delete(&self.epoll, fd)?;
-        let entry = self.entries.remove(&id.0).expect("entry checked above");
+    /// Removes entry `id`, which exists.
+    fn take(&mut self, id: u32) -> Result<Polled, Error> {
+        let entry = &self.entries[&id];
+        self.sleeper.unwatch(entry.polled.map_fd())?;
+        let entry = self
+            .entries
+            .remove(&id)
+            .expect("entry checked by the caller");
         if entry.pending {
-            self.pending.retain(|&pending| pending != id.0);
+            self.pending.retain(|&pending| pending != id);
         }
         self.writable.retain(|&writable| writable != id);
-        Ok(Some(entry.source))
+        Ok(entry.polled)
     }
 
-    /// The reader `id`, if it is here.
-    pub fn ring(&self, id: RingId) -> Option<&RingBuf> {
-        match &self.entries.get(&id.0)?.source {
-            Source::Reader(ring) => Some(ring),
-            Source::Writer(_) => None,
+    /// The ring with map id `id`, if it is here.
+    pub fn ring(&self, id: u32) -> Option<&RingBuf> {
+        match &self.entries.get(&id)?.polled {
+            Polled::Ring(ring) => Some(ring),
+            Polled::UserRing { .. } => None,
         }
     }
 
-    /// The reader `id`, if it is here, to read or [`resync`](crate::Consumer::resync) it
-    /// directly. The ring is queued for the next [`poll`](Poller::poll) to check, since what
-    /// is done with it here may leave records that no new wakeup will announce.
-    pub fn ring_mut(&mut self, id: RingId) -> Option<&mut RingBuf> {
-        let entry = self.entries.get_mut(&id.0)?;
-        let Source::Reader(ring) = &mut entry.source else {
-            return None;
+    /// The user ring with map id `id`, if it is here: write to it once
+    /// [`poll`](Poller::poll) reported it [writable](Poller::writable).
+    pub fn user_ring(&self, id: u32) -> Option<&UserRingBuf> {
+        match &self.entries.get(&id)?.polled {
+            Polled::UserRing { ring, .. } => Some(ring),
+            Polled::Ring(_) => None,
+        }
+    }
+
+    /// Changes the payload length the user ring `id` waits for room for; returns whether it
+    /// is here. It is checked again by the next poll.
+    pub fn set_space(&mut self, id: u32, space: usize) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
         };
+        let Polled::UserRing { space: wanted, .. } = &mut entry.polled else {
+            return false;
+        };
+        *wanted = space;
         if !entry.pending {
             entry.pending = true;
-            self.pending.push_back(id.0);
+            self.pending.push_back(id);
         }
-        Some(ring)
+        true
     }
 
-    /// The writer `id`, if it is here and of type `W`.
-    pub fn writer<W: SpaceWaiter + 'static>(&self, id: RingId) -> Option<&W> {
-        match &self.entries.get(&id.0)?.source {
-            Source::Writer(writer) => writer.as_any().downcast_ref(),
-            Source::Reader(_) => None,
-        }
+    /// Map ids of every ring and user ring here, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.keys().copied()
     }
 
-    /// The writer `id`, if it is here and of type `W`: to write once [`poll`](Poller::poll)
-    /// reported it [writable](Poller::writable).
-    pub fn writer_mut<W: SpaceWaiter + 'static>(&mut self, id: RingId) -> Option<&mut W> {
-        match &mut self.entries.get_mut(&id.0)?.source {
-            Source::Writer(writer) => writer.as_any_mut().downcast_mut(),
-            Source::Reader(_) => None,
-        }
-    }
-
-    /// Ids of every ring and writer here, in no particular order.
-    pub fn ids(&self) -> impl Iterator<Item = RingId> + '_ {
-        self.entries.keys().map(|&id| RingId(id))
-    }
-
-    /// Number of rings and writers.
+    /// Number of rings and user rings.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -350,8 +294,8 @@ impl Poller {
         self.entries.is_empty()
     }
 
-    /// User rings the last [`poll`](Poller::poll) found to have space.
-    pub fn writable(&self) -> &[RingId] {
+    /// User rings the last [`poll`](Poller::poll) found to have room.
+    pub fn writable(&self) -> &[u32] {
         &self.writable
     }
 
@@ -361,14 +305,14 @@ impl Poller {
     ///
     /// [`Error::Io`] if the eventfd cannot be created or added to the epoll set.
     pub fn flusher(&mut self) -> Result<Flusher, Error> {
-        WakeState::flusher_for(self.epoll.as_fd(), &mut self.wake, WAKE_TOKEN)
+        self.sleeper.flusher()
     }
 
-    /// Read accounting summed over the readers here now (see [`Stats`]).
+    /// Read accounting summed over the rings here now (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let mut total = Stats::default();
         for entry in self.entries.values() {
-            if let Source::Reader(ring) = &entry.source {
+            if let Polled::Ring(ring) = &entry.polled {
                 total.add(&ring.stats());
             }
         }
@@ -378,28 +322,31 @@ impl Poller {
     /// Counters of this poller's sleeps and wakeups (wakeups count ring signals, one per
     /// ring per event).
     pub fn wait_stats(&self) -> WaitStats {
-        self.stats
+        self.sleeper.stats
     }
 
     /// The epoll fd; it becomes readable when a ring here is signalled, so the poller can be
     /// nested in another event loop.
     pub fn epoll_fd(&self) -> BorrowedFd<'_> {
-        self.epoll.as_fd()
+        self.sleeper.epoll_fd()
     }
 
-    /// Waits up to `timeout` (`None`: no limit) for records, then calls `f` with each, zero
-    /// copy, taking at most the budget from each ready ring; see [`PollOutcome`]. `f` may stop
-    /// early with [`ControlFlow::Break`]; the ring it stopped in is served first next time.
+    /// Waits up to `timeout` (`None`: no limit) for records, then calls `f` with each (and
+    /// the map id of its ring), zero copy, taking at most the budget from each ready ring;
+    /// see [`PollOutcome`]. `f` may stop early with [`ControlFlow::Break`]; the ring it
+    /// stopped in is served first next time. The timeout is a deadline computed once.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `epoll_wait` fails; [`Error::Read`] if a ring is corrupt (records
-    /// before the corrupt spot were delivered; the ring stays queued, so
-    /// [`resync`](crate::Consumer::resync) it through [`ring_mut`](Poller::ring_mut) or
-    /// [`remove`](Poller::remove) it).
+    /// [`Error::Io`] if `epoll_wait` fails; [`Error::Read`] naming the map id if a ring is
+    /// corrupt or its `consumer_pos` was moved. Records passed to `f` before the error stay
+    /// delivered (the ring's records before the bad spot are consumed). The ring stays queued
+    /// behind the others, so the next poll serves them first and then reports it again, until
+    /// it is [removed](Poller::remove_ring), recovered ([`RingBuf::resume`],
+    /// [`follow`](RingBuf::follow) or [`resync`](RingBuf::resync)) and added back.
     pub fn poll<F>(&mut self, timeout: Option<Duration>, f: F) -> Result<PollOutcome, Error>
     where
-        F: FnMut(RingId, &[u8]) -> ControlFlow<()>,
+        F: FnMut(u32, &[u8]) -> ControlFlow<()>,
     {
         self.poll_deadline(deadline_after(timeout), f)
     }
@@ -415,7 +362,7 @@ impl Poller {
         mut f: F,
     ) -> Result<PollOutcome, Error>
     where
-        F: FnMut(RingId, &[u8]) -> ControlFlow<()>,
+        F: FnMut(u32, &[u8]) -> ControlFlow<()>,
     {
         self.writable.clear();
         // Before reporting anything but records, every ring is checked once more: records
@@ -425,7 +372,13 @@ impl Poller {
         loop {
             if !self.pending.is_empty() {
                 // Pick up signals that arrived meanwhile, so those rings join this round.
-                self.harvest(Some(Duration::ZERO))?;
+                let Self {
+                    sleeper,
+                    entries,
+                    pending,
+                    ..
+                } = self;
+                sleeper.take_signals(|id| queue(entries, pending, id))?;
                 if let Some(outcome) = self.round(&mut f)? {
                     return Ok(outcome);
                 }
@@ -433,62 +386,34 @@ impl Poller {
                 // before leaving the queue): go to sleep.
                 continue;
             }
-            let sleep = next_sleep(deadline, self.periodic_drain);
-            let wake_requested = self.wake.as_ref().is_some_and(|wake| wake.requested());
-            if wake_requested || sleep.is_none() {
+            if self.sleeper.wake_requested() || passed(deadline) {
                 if !final_check_done {
                     final_check_done = true;
                     self.queue_all();
                     continue;
                 }
-                if let Some(outcome) = self.wake.as_ref().and_then(|wake| wake.take()) {
+                if let Some(outcome) = self.sleeper.take_wake() {
                     return Ok(match outcome {
                         WaitOutcome::Closed => PollOutcome::Closed,
                         _ => PollOutcome::Flushed,
                     });
                 }
             }
-            let Some((sleep, periodic)) = sleep else {
-                return Ok(PollOutcome::TimedOut);
-            };
-            self.stats.sleeps += 1;
-            if self.harvest(sleep)? == 0 && periodic {
-                self.stats.periodic_checks += 1;
-                self.queue_all();
+            let Self {
+                sleeper,
+                entries,
+                pending,
+                ..
+            } = self;
+            match sleeper.sleep(deadline, |id| queue(entries, pending, id))? {
+                Woke::TimedOut => return Ok(PollOutcome::TimedOut),
+                Woke::Periodic => self.queue_all(),
+                Woke::Signalled | Woke::Nothing => {}
             }
         }
     }
 
-    /// Takes the events of one `epoll_wait` and queues the rings they name; returns the
-    /// number of events.
-    fn harvest(&mut self, timeout: Option<Duration>) -> Result<usize, Error> {
-        // On the stack: `epoll::Event` is not `Send`, and the poller should be.
-        let mut events = [epoll::Event {
-            flags: epoll::EventFlags::empty(),
-            data: epoll::EventData::new_u64(0),
-        }; EVENT_BATCH];
-        let n = epoll_wait(&self.epoll, &mut events, timeout)?;
-        for event in &events[..n] {
-            let id = event.data.u64();
-            if id == WAKE_TOKEN {
-                if let Some(wake) = &self.wake {
-                    wake.clear_signal()?;
-                }
-                continue;
-            }
-            self.stats.wakeups += 1;
-            if let Some(entry) = self.entries.get_mut(&id) {
-                entry.signalled = true;
-                if !entry.pending {
-                    entry.pending = true;
-                    self.pending.push_back(id);
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    /// Queues every ring (the periodic drain: the rounds check them).
+    /// Queues every ring (the periodic drain, the final check: the rounds check them).
     fn queue_all(&mut self) {
         for (&id, entry) in &mut self.entries {
             if !entry.pending {
@@ -501,7 +426,7 @@ impl Poller {
     /// Once round the queue as it is now. `None` if nothing was delivered or found writable.
     fn round<F>(&mut self, f: &mut F) -> Result<Option<PollOutcome>, Error>
     where
-        F: FnMut(RingId, &[u8]) -> ControlFlow<()>,
+        F: FnMut(u32, &[u8]) -> ControlFlow<()>,
     {
         let budget = self.budget;
         let mut records = 0;
@@ -512,29 +437,31 @@ impl Poller {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
-            let ring_id = RingId(id);
-            match &mut entry.source {
-                Source::Writer(writer) => {
+            match &mut entry.polled {
+                Polled::UserRing { ring, space } => {
                     entry.pending = false;
-                    if writer.has_space() {
-                        self.writable.push(ring_id);
+                    if has_room(ring, *space) {
+                        self.writable.push(id);
                     } else if entry.signalled {
-                        self.stats.spurious_wakeups += 1;
+                        self.sleeper.stats.spurious_wakeups += 1;
                     }
                     entry.signalled = false;
                 }
-                Source::Reader(ring) => {
+                Polled::Ring(ring) => {
                     let mut stopped = false;
                     let delivered = ring
                         .consume(budget, |record| {
-                            let flow = f(ring_id, record);
+                            let flow = f(id, record);
                             stopped = flow.is_break();
                             flow
                         })
                         .map_err(|error| {
-                            self.pending.push_front(id);
+                            // Still queued, behind the others: the next poll serves them
+                            // before it reports this ring again, so one ring left in error
+                            // does not starve the rest.
+                            self.pending.push_back(id);
                             Error::Read {
-                                ring: Some(ring_id),
+                                map_id: Some(id),
                                 error,
                             }
                         })?;
@@ -556,7 +483,7 @@ impl Poller {
                         // at our published consumer_pos signals the fd.
                         entry.pending = false;
                         if delivered == 0 && entry.signalled {
-                            self.stats.spurious_wakeups += 1;
+                            self.sleeper.stats.spurious_wakeups += 1;
                         }
                         entry.signalled = false;
                     }
@@ -574,14 +501,28 @@ impl Poller {
     }
 }
 
-impl std::fmt::Debug for Poller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller")
-            .field("rings", &self.entries.len())
-            .field("pending", &self.pending.len())
-            .field("budget", &self.budget)
-            .field("periodic_drain", &self.periodic_drain)
-            .finish()
+/// Queues the ring `id` after a signal.
+fn queue(entries: &mut HashMap<u32, Entry>, pending: &mut VecDeque<u32>, id: u32) {
+    if let Some(entry) = entries.get_mut(&id) {
+        entry.signalled = true;
+        if !entry.pending {
+            entry.pending = true;
+            pending.push_back(id);
+        }
+    }
+}
+
+/// Whether `ring` has room for a `space`-byte payload, after the lost-wakeup check (full
+/// fence, then the free space). A length that can never fit, or a ring whose positions are
+/// corrupt, counts as room, so that the next `reserve` reports the error instead of a wait
+/// hiding it.
+fn has_room(ring: &UserRingBuf, space: usize) -> bool {
+    if space > ring.max_len() {
+        return true;
+    }
+    match ring.check_before_sleep() {
+        Ok(available) => available >= record_size(space),
+        Err(_) => true,
     }
 }
 
@@ -590,9 +531,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn poller_is_send() {
+    fn front_end_types_are_send() {
         fn send<T: Send>() {}
         send::<Poller>();
         send::<RingBuf>();
+        send::<UserRingBuf>();
     }
 }

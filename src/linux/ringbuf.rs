@@ -1,29 +1,27 @@
-use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
+use std::vec::Vec;
 
-use bpf_ringbuf_sys::{self as sys, MapType};
-use rustix::event::epoll;
-
-use super::claim::{MapClaim, Role};
-use super::flush::{Flusher, WaitOutcome};
-use super::mapping::{map_info_of_type, MapKind, RingMapping};
-use super::wait::{deadline_after, WaitStats, Waiter};
-use crate::consumer::{Consumer, Readiness};
-use crate::Error;
+use super::endpoint::{endpoint_methods, reader_waiting_methods, Endpoint};
+use super::error::OpenError;
+use super::mapping::{RingKind, RingMapping};
+use super::wait::Sleeper;
+use crate::consumer::{Batch, Consumer, Positions, Readiness, Stats};
+use crate::error::ReadError;
 
 /// A `BPF_MAP_TYPE_RINGBUF` map opened for reading: the kernel→user direction.
 ///
-/// `RingBuf` dereferences to its [`Consumer`], so every read API is available on it:
-/// zero-copy [batches](Consumer::batch), [callbacks](Consumer::consume) with a budget, and
-/// [copies](Consumer::read_into). [`wait`](RingBuf::wait) sleeps until the kernel signals new
-/// records, without losing a wakeup and without spinning on a BUSY head record.
+/// Every read API of the [`Consumer`] is here: zero-copy [batches](RingBuf::batch),
+/// [callbacks](RingBuf::consume) with a budget, and [copies](RingBuf::read_into).
+/// [`wait`](RingBuf::wait) sleeps until the kernel signals new records, without losing a
+/// wakeup and without spinning on a BUSY head record.
 ///
 /// The ring is opened from any map fd (`AsFd`: a libbpf-rs or aya map works; the fd is
-/// duplicated), a pinned path, or a map id. Reading starts at the ring's current
-/// `consumer_pos`, so a pinned map reopened mid-stream continues where its last reader
-/// stopped.
+/// duplicated), a pinned path, or a map id, after checking through the kernel that it is a
+/// RINGBUF not in overwrite mode. Reading starts at the ring's current `consumer_pos`, so a
+/// pinned map reopened mid-stream continues where its last reader stopped. A process has at
+/// most one `RingBuf` (or [`OverwriteRingBuf`](crate::OverwriteRingBuf)) per map: a second
+/// one would publish `consumer_pos` past records the first still lends, so opening it fails
+/// with [`OpenError::InUse`](crate::OpenError::InUse).
 ///
 /// # Examples
 ///
@@ -34,7 +32,7 @@ use crate::Error;
 /// use std::time::Duration;
 ///
 /// let mut ring = RingBuf::from_map_id(42)?;
-/// while ring.wait(Some(Duration::from_millis(100)))? {
+/// while ring.wait(Some(Duration::from_millis(100)))?.is_ready() {
 ///     ring.consume(1024, |record| {
 ///         println!("{record:02x?}");
 ///         ControlFlow::Continue(())
@@ -44,230 +42,150 @@ use crate::Error;
 /// ```
 #[derive(Debug)]
 pub struct RingBuf {
-    // Field order: the consumer (and its mapping) is dropped first, then the waiter, then
-    // the map fd — unmapping before closing.
+    /// The consumer over the mapping, which holds the map fd and this process's claim on the
+    /// ring's one reader; no `&mut` to it leaves this type, so nothing can swap it out.
     consumer: Consumer<RingMapping>,
-    waiter: Waiter,
-    /// This process's only reader of the map (released after the mapping is gone).
-    claim: MapClaim,
-    map: OwnedFd,
+    /// The epoll set watching the map's fd.
+    sleeper: Sleeper,
 }
+
+impl Endpoint for RingBuf {
+    const KIND: RingKind = RingKind::Ring;
+
+    fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError> {
+        let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
+        sleeper
+            .watch(mapping.map_fd(), mapping.map_id(), Self::KIND.interest())
+            .map_err(|errno| OpenError::Io(errno.into()))?;
+        let geometry = mapping.geometry();
+        // SAFETY: the mapping's claim makes this the only consumer of the map in this process
+        // for as long as the mapping lives, and the mapping (with the claim) moves into the
+        // consumer, which this type never lends out mutably. The consumer page is mapped
+        // read-write; the kernel writes a record's bytes only in space consumer_pos handed
+        // back, before committing it. Another process holding the map fd is the trust
+        // assumption no mapping can rule out (docs/design.md).
+        let consumer = unsafe { Consumer::from_geometry(mapping, geometry) };
+        Ok(Self { consumer, sleeper })
+    }
+}
+
+endpoint_methods!(RingBuf, "`BPF_MAP_TYPE_RINGBUF`", |ring| ring
+    .consumer
+    .memory());
+reader_waiting_methods!(RingBuf, |consumer| consumer.check_before_sleep()
+    == Readiness::Readable);
 
 impl RingBuf {
-    /// Opens the RINGBUF map behind `map`, duplicating the fd.
+    /// A zero-copy batch of the records committed so far; it publishes `consumer_pos` once,
+    /// when dropped. See [`Consumer::batch`].
+    pub fn batch(&mut self) -> Batch<'_, RingMapping> {
+        self.consumer.batch()
+    }
+
+    /// Calls `f` with each committed record, zero-copy, up to `budget` records or until `f`
+    /// breaks; returns the number delivered. See [`Consumer::consume`].
     ///
     /// # Errors
     ///
-    /// [`Error::WrongMapType`] if `map` is not a RINGBUF map; [`Error::Bpf`], [`Error::Map`]
-    /// or [`Error::Io`] if the kernel refuses an operation.
-    pub fn new(map: impl AsFd) -> Result<Self, Error> {
-        let fd = rustix::io::fcntl_dupfd_cloexec(map.as_fd(), 0)?;
-        Self::from_owned_fd(fd)
+    /// A [`ReadError`] if the ring is corrupt or `consumer_pos` was moved.
+    pub fn consume<F>(&mut self, budget: usize, f: F) -> Result<usize, ReadError>
+    where
+        F: FnMut(&[u8]) -> ControlFlow<()>,
+    {
+        self.consumer.consume(budget, f)
     }
 
-    /// Opens the RINGBUF map behind `map`, taking ownership of the fd.
+    /// Copies the next committed record into `buf` and consumes it. See
+    /// [`Consumer::read_into`].
     ///
     /// # Errors
     ///
-    /// As for [`RingBuf::new`].
-    pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
-        let info = map_info_of_type(map.as_fd(), MapType::RINGBUF)?;
-        if info.flags().contains(sys::MapFlags::RB_OVERWRITE) {
-            // Zero-copy batches would lend records the kernel may overwrite while borrowed.
-            return Err(Error::OverwriteMode {
-                map_overwrites: true,
-            });
-        }
-        let claim = MapClaim::new(info.id, Role::Reader)?;
-        let mapping = RingMapping::new(
-            map.as_fd(),
-            info.max_entries as usize,
-            MapKind::KernelProducer,
-        )?;
-        let consumer = Consumer::new(mapping).map_err(Error::Geometry)?;
-        let waiter = Waiter::new(map.as_fd(), epoll::EventFlags::IN)?;
-        Ok(Self {
-            consumer,
-            waiter,
-            claim,
-            map,
-        })
+    /// [`ReadError::BufferTooSmall`] if it does not fit (it stays in the ring), or a
+    /// ring-corruption [`ReadError`].
+    pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
+        self.consumer.read_into(buf)
     }
 
-    /// Opens a RINGBUF map pinned in a BPF filesystem.
+    /// Replaces `buf`'s contents with the next committed record and consumes it. See
+    /// [`Consumer::read_vec`].
     ///
     /// # Errors
     ///
-    /// As for [`RingBuf::new`]; [`Error::Bpf`] (`BPF_OBJ_GET`) if nothing is pinned there.
-    pub fn from_pinned(path: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::from_owned_fd(sys::obj_get(path.as_ref())?)
+    /// A ring-corruption [`ReadError`].
+    pub fn read_vec(&mut self, buf: &mut Vec<u8>) -> Result<bool, ReadError> {
+        self.consumer.read_vec(buf)
     }
 
-    /// Opens a RINGBUF map by its id.
+    /// The next committed record, copied and consumed. See [`Consumer::read_owned`].
     ///
     /// # Errors
     ///
-    /// As for [`RingBuf::new`]; [`Error::Bpf`] (`BPF_MAP_GET_FD_BY_ID`) if no map has this id.
-    pub fn from_map_id(id: u32) -> Result<Self, Error> {
-        Self::from_owned_fd(sys::map_get_fd_by_id(id)?)
+    /// A ring-corruption [`ReadError`].
+    pub fn read_owned(&mut self) -> Result<Option<Vec<u8>>, ReadError> {
+        self.consumer.read_owned()
     }
 
-    /// The map's fd.
-    pub fn map_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
+    /// Bytes between `consumer_pos` and `producer_pos`. See [`Consumer::available`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ReadError`] if `consumer_pos` was moved or is corrupt.
+    pub fn available(&self) -> Result<usize, ReadError> {
+        self.consumer.available()
     }
 
-    /// The map's id. This process reads the map through this value only: opening it a second
-    /// time while this one lives fails with [`Error::ReaderExists`].
-    pub fn map_id(&self) -> u32 {
-        self.claim.map_id
+    /// Both positions, as the ring's shared words hold them now.
+    pub fn positions(&self) -> Positions {
+        self.consumer.positions()
     }
 
-    /// Size of the data area in bytes (the map's `max_entries`).
-    pub fn size(&self) -> usize {
-        self.consumer.geometry().size()
+    /// The position this reader has read up to. See [`Consumer::cursor`].
+    pub fn cursor(&self) -> usize {
+        self.consumer.cursor()
     }
 
-    /// The `pending_pos` word the kernel keeps in the producer page since Linux 6.10 (0 on
-    /// older kernels): reservations before it are all committed.
+    /// The kernel's `pending_pos` (producer page, Linux 6.10+; 0 on older kernels):
+    /// reservations before it are all committed.
     pub fn pending_pos(&self) -> usize {
-        self.consumer
-            .memory()
-            .producer_page_word(8)
-            .load(crate::sync::atomic::Ordering::Relaxed)
+        self.consumer.memory().pending_pos()
     }
 
-    /// Waits until a committed record can be read, or `timeout` passes (`None`: no limit).
-    /// Returns `Ok(true)` when a record (or a corrupt ring, which the next read reports) is
-    /// waiting, `Ok(false)` on timeout.
-    ///
-    /// Before each sleep it runs [`Consumer::check_before_sleep`] (full fence, then look at
-    /// the positions and the head record), so a record committed at any moment is either seen
-    /// or signalled. It sleeps in an edge-triggered `epoll_wait`, so a BUSY head record does
-    /// not make it spin: the kernel signals when that record is committed. Records committed
-    /// with `BPF_RB_NO_WAKEUP` are found only when a wait ends, by its timeout or another
-    /// wakeup, or at the [periodic drain](RingBuf::set_periodic_drain) interval.
-    ///
-    /// A [flush or close](RingBuf::flusher) ends the wait with `Ok(false)` when nothing is
-    /// readable; [`wait_for`](RingBuf::wait_for) tells these apart.
+    /// What this reader has read so far. See [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.consumer.stats()
+    }
+
+    /// Returns the counters and sets them to zero.
+    pub fn take_stats(&mut self) -> Stats {
+        self.consumer.take_stats()
+    }
+
+    /// The check before sleeping on the ring in an event loop of your own (around
+    /// [`epoll_fd`](RingBuf::epoll_fd)); [`wait`](RingBuf::wait) runs it for you. See
+    /// [`Consumer::check_before_sleep`].
+    pub fn check_before_sleep(&self) -> Readiness {
+        self.consumer.check_before_sleep()
+    }
+
+    /// After [`ReadError::ConsumerPosMoved`]: continue from this reader's own cursor. See
+    /// [`Consumer::resume`].
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if `epoll_wait` fails.
-    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let consumer = &self.consumer;
-        self.waiter.wait_until(timeout, || {
-            consumer.check_before_sleep() == Readiness::Readable
-        })
+    /// [`ReadError::ConsumerAhead`] if the kernel may have reused the space after the cursor.
+    pub fn resume(&mut self) -> Result<(), ReadError> {
+        self.consumer.resume()
     }
 
-    /// Waits until a committed record can be read, `timeout` passes (`None`: no limit), or a
-    /// [`Flusher`] flushes or closes this ring; see [`WaitOutcome`]. Like
-    /// [`wait`](RingBuf::wait), it checks the ring before every sleep, so a record waiting is
-    /// always reported ([`WaitOutcome::Ready`]) before a flush or close.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if `epoll_wait` fails.
-    pub fn wait_for(&mut self, timeout: Option<Duration>) -> Result<WaitOutcome, Error> {
-        self.wait_deadline(deadline_after(timeout))
+    /// After [`ReadError::ConsumerPosMoved`]: adopt the other writer's position. See
+    /// [`Consumer::follow`].
+    pub fn follow(&mut self) {
+        self.consumer.follow()
     }
 
-    /// As [`wait_for`](RingBuf::wait_for), with a deadline instead of a timeout (`None`: no
-    /// limit). A deadline in the past still checks the ring once.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use bpf_ringbuf::{RingBuf, WaitOutcome};
-    /// use std::time::{Duration, Instant};
-    ///
-    /// let mut ring = RingBuf::from_map_id(42)?;
-    /// let deadline = Instant::now() + Duration::from_secs(1);
-    /// let mut records = 0;
-    /// while ring.wait_deadline(Some(deadline))? == WaitOutcome::Ready {
-    ///     records += ring.batch().iter().count();
-    /// }
-    /// println!("{records} records in one second");
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if `epoll_wait` fails.
-    pub fn wait_deadline(&mut self, deadline: Option<Instant>) -> Result<WaitOutcome, Error> {
-        let consumer = &self.consumer;
-        self.waiter.wait_outcome(deadline, || {
-            consumer.check_before_sleep() == Readiness::Readable
-        })
-    }
-
-    /// A handle that wakes this ring's waits from another thread: see [`Flusher`]. Every call
-    /// returns a handle to the same eventfd, created on the first call.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if the eventfd cannot be created or added to the epoll set.
-    pub fn flusher(&mut self) -> Result<Flusher, Error> {
-        self.waiter.flusher()
-    }
-
-    /// Makes every wait check the ring at least every `interval` even when the kernel sends no
-    /// wakeup (`None`, the default: only wakeups and timeouts end a sleep).
-    ///
-    /// Needed when producers commit with `BPF_RB_NO_WAKEUP`: such records are in the ring, but
-    /// nothing wakes a sleeping reader, so without this they wait until the next record
-    /// committed with a wakeup, or the wait's timeout. Each check is a fence and two loads; the
-    /// count is in [`WaitStats::periodic_checks`].
-    pub fn set_periodic_drain(&mut self, interval: Option<Duration>) {
-        self.waiter.periodic_drain = interval;
-    }
-
-    /// Waits up to `timeout` for the kernel to signal the map's fd, without looking at the
-    /// ring; returns whether a signal came. This observes the kernel's wakeup decisions
-    /// (`BPF_RB_NO_WAKEUP`, `BPF_RB_FORCE_WAKEUP`, adaptive); to wait for data, use
-    /// [`RingBuf::wait`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Io`] if `epoll_wait` fails.
-    pub fn wait_for_signal(&mut self, timeout: Duration) -> Result<bool, Error> {
-        self.waiter.wait_for_signal(timeout)
-    }
-
-    /// Counters of this ring's waits.
-    pub fn wait_stats(&self) -> WaitStats {
-        self.waiter.stats
-    }
-
-    /// For waits made elsewhere (the async reader) to count in [`RingBuf::wait_stats`].
-    #[cfg(feature = "tokio")]
-    pub(crate) fn waiter_stats_mut(&mut self) -> &mut WaitStats {
-        &mut self.waiter.stats
-    }
-
-    /// The edge-triggered epoll fd this ring sleeps on; it becomes readable when the kernel
-    /// signals the ring, so it can be nested in another event loop.
-    pub fn epoll_fd(&self) -> BorrowedFd<'_> {
-        self.waiter.epoll_fd()
-    }
-}
-
-impl Deref for RingBuf {
-    type Target = Consumer<RingMapping>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.consumer
-    }
-}
-
-impl DerefMut for RingBuf {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.consumer
-    }
-}
-
-impl AsFd for RingBuf {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
+    /// Skips everything written so far; returns the bytes skipped. See
+    /// [`Consumer::resync`].
+    pub fn resync(&mut self) -> usize {
+        self.consumer.resync()
     }
 }

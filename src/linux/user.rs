@@ -1,24 +1,20 @@
 use std::cell::RefCell;
-use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::time::Duration;
 
-use bpf_ringbuf_sys::{self as sys, MapType};
-use rustix::event::epoll;
-
-use super::claim::{MapClaim, Role};
-use super::mapping::{map_info_of_type, MapKind, RingMapping};
-use super::wait::{WaitStats, Waiter};
+use super::endpoint::{endpoint_methods, Endpoint};
+use super::error::OpenError;
+use super::mapping::{RingKind, RingMapping};
+use super::wait::{deadline_after, Sleeper, Woke};
+use crate::consumer::Positions;
 use crate::producer::{Producer, Reservation, ReserveError};
 use crate::Error;
 
 /// A `BPF_MAP_TYPE_USER_RINGBUF` map opened for writing: the user→kernel direction.
 ///
-/// `UserRingBuf` dereferences to its [`Producer`]: [`reserve`](Producer::reserve) a record,
-/// fill it through the [`Reservation`] (`&mut [u8]`), then [`submit`](Reservation::submit)
-/// or [`discard`](Reservation::discard) it (dropping it discards it). Several reservations
-/// may be outstanding; the kernel drains them in reservation order once committed.
+/// [`reserve`](UserRingBuf::reserve) a record, fill it through the [`Reservation`]
+/// (`&mut [u8]` in the ring itself), then [`submit`](Reservation::submit) or
+/// [`discard`](Reservation::discard) it (dropping it discards it). Several reservations may
+/// be outstanding; the kernel drains them in reservation order once committed.
 /// [`reserve_timeout`](UserRingBuf::reserve_timeout) waits for the kernel to free space.
 ///
 /// Nothing drains the ring by itself: a BPF program calls `bpf_user_ringbuf_drain`, which
@@ -26,7 +22,35 @@ use crate::Error;
 ///
 /// The consumer page is mapped read-only (the kernel refuses a writable mapping), the
 /// producer page and the data area read-write. One producer per map and process: opening a
-/// second one fails with [`Error::ProducerExists`] while the first lives.
+/// second one fails with [`OpenError::InUse`](crate::OpenError::InUse) while the first
+/// lives.
+///
+/// # Sharing between threads
+///
+/// The protocol has one producer, and so does this type: it is `Send` but not `Sync`
+/// (reservations are handed out from the position it keeps in a `Cell`). To produce from
+/// several threads, put it in a `Mutex` and hold the lock while a reservation is filled:
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bpf_ringbuf::UserRingBuf;
+/// use std::sync::{Arc, Mutex};
+///
+/// let ring = Arc::new(Mutex::new(UserRingBuf::from_pinned("/sys/fs/bpf/commands")?));
+/// let workers: Vec<_> = (0..4u8)
+///     .map(|worker| {
+///         let ring = ring.clone();
+///         std::thread::spawn(move || {
+///             let ring = ring.lock().unwrap();
+///             ring.output(&[worker; 8]).unwrap();
+///         })
+///     })
+///     .collect();
+/// for worker in workers {
+///     worker.join().unwrap();
+/// }
+/// # Ok(()) }
+/// ```
 ///
 /// # Examples
 ///
@@ -45,98 +69,111 @@ use crate::Error;
 /// ```
 #[derive(Debug)]
 pub struct UserRingBuf {
-    // Field order: the producer (and its mapping) is dropped first, then the waiter, the
-    // claim and the map fd — unmapping before closing.
+    /// The producer over the mapping (which holds the map fd and the claim); never lent out
+    /// mutably.
     producer: Producer<RingMapping>,
-    waiter: RefCell<Waiter>,
-    claim: MapClaim,
-    map: OwnedFd,
+    /// The epoll set watching the map's fd for `EPOLLOUT`; a `RefCell` because reservations
+    /// borrow the ring shared while `reserve_timeout` sleeps.
+    sleeper: RefCell<Sleeper>,
 }
 
-impl UserRingBuf {
-    /// Opens the USER_RINGBUF map behind `map`, duplicating the fd.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::WrongMapType`] if `map` is not a USER_RINGBUF map; [`Error::ProducerExists`]
-    /// if this process already has a producer for it; [`Error::Bpf`], [`Error::Map`] or
-    /// [`Error::Io`] if the kernel refuses an operation.
-    pub fn new(map: impl AsFd) -> Result<Self, Error> {
-        let fd = rustix::io::fcntl_dupfd_cloexec(map.as_fd(), 0)?;
-        Self::from_owned_fd(fd)
-    }
+impl Endpoint for UserRingBuf {
+    const KIND: RingKind = RingKind::UserRing;
 
-    /// Opens the USER_RINGBUF map behind `map`, taking ownership of the fd.
-    ///
-    /// # Errors
-    ///
-    /// As for [`UserRingBuf::new`].
-    pub fn from_owned_fd(map: OwnedFd) -> Result<Self, Error> {
-        let info = map_info_of_type(map.as_fd(), MapType::USER_RINGBUF)?;
-        let claim = MapClaim::new(info.id, Role::Producer)?;
-        let mapping = RingMapping::new(
-            map.as_fd(),
-            info.max_entries as usize,
-            MapKind::UserProducer,
-        )?;
-        // SAFETY: `claim` makes this the only producer of the map in this process for as long
-        // as it lives (it is kept with the producer); the reader is the kernel's
-        // bpf_user_ringbuf_drain, which moves consumer_pos only past samples it has finished.
-        // Another process mapping the same map writable is outside what any mapping can rule
-        // out (docs/design.md).
-        let producer = unsafe { Producer::new(mapping) }.map_err(Error::Geometry)?;
-        let waiter = Waiter::new(map.as_fd(), epoll::EventFlags::OUT)?;
+    fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError> {
+        let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
+        // Registered before the first look at the free space, so that a drain after any look
+        // leaves an event for the next sleep.
+        sleeper
+            .watch(mapping.map_fd(), mapping.map_id(), Self::KIND.interest())
+            .map_err(|errno| OpenError::Io(errno.into()))?;
+        let geometry = mapping.geometry();
+        // SAFETY: the mapping's claim makes this the only producer of the map in this process
+        // for as long as the mapping lives, and the mapping (with the claim) moves into the
+        // producer, which this type never lends out mutably; the producer page and data are
+        // mapped read-write. The reader is the kernel's bpf_user_ringbuf_drain, which moves
+        // consumer_pos only past samples it has finished. Another process mapping the same
+        // map writable is outside what any mapping can rule out (docs/design.md).
+        let producer = unsafe { Producer::from_geometry(mapping, geometry) };
         Ok(Self {
             producer,
-            waiter: RefCell::new(waiter),
-            claim,
-            map,
+            sleeper: RefCell::new(sleeper),
         })
     }
+}
 
-    /// Opens a USER_RINGBUF map pinned in a BPF filesystem.
+endpoint_methods!(UserRingBuf, "`BPF_MAP_TYPE_USER_RINGBUF`", |ring| ring
+    .producer
+    .memory());
+
+impl UserRingBuf {
+    /// Reserves a record with a `len`-byte payload, BUSY until committed. See
+    /// [`Producer::reserve`].
     ///
     /// # Errors
     ///
-    /// As for [`UserRingBuf::new`]; [`Error::Bpf`] (`BPF_OBJ_GET`) if nothing is pinned there.
-    pub fn from_pinned(path: impl AsRef<Path>) -> Result<Self, Error> {
-        Self::from_owned_fd(sys::obj_get(path.as_ref())?)
+    /// [`ReserveError::TooLarge`] for a size the kernel would refuse forever,
+    /// [`ReserveError::NoSpace`] when the ring is too full now, or a corruption error.
+    pub fn reserve(&self, len: usize) -> Result<Reservation<'_, RingMapping>, ReserveError> {
+        self.producer.reserve(len)
     }
 
-    /// Opens a USER_RINGBUF map by its id.
+    /// Reserves a record, copies `data` into it and submits it. See [`Producer::output`].
     ///
     /// # Errors
     ///
-    /// As for [`UserRingBuf::new`]; [`Error::Bpf`] (`BPF_MAP_GET_FD_BY_ID`) if no map has
-    /// this id.
-    pub fn from_map_id(id: u32) -> Result<Self, Error> {
-        Self::from_owned_fd(sys::map_get_fd_by_id(id)?)
+    /// As for [`reserve`](UserRingBuf::reserve).
+    pub fn output(&self, data: &[u8]) -> Result<(), ReserveError> {
+        self.producer.output(data)
     }
 
-    /// The map's fd.
-    pub fn map_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
+    /// Bytes a reservation can take now. See [`Producer::free_space`].
+    ///
+    /// # Errors
+    ///
+    /// A corruption error, as for [`reserve`](UserRingBuf::reserve).
+    pub fn free_space(&self) -> Result<usize, ReserveError> {
+        self.producer.free_space()
     }
 
-    /// The map's id.
-    pub fn map_id(&self) -> u32 {
-        self.claim.map_id
+    /// The longest payload a reservation can have in this ring. See [`Producer::max_len`].
+    pub fn max_len(&self) -> usize {
+        self.producer.max_len()
     }
 
-    /// Size of the data area in bytes (the map's `max_entries`).
-    pub fn size(&self) -> usize {
-        self.producer.geometry().size()
+    /// `consumer_pos` as the kernel last published it, and the `producer_pos` this producer
+    /// published last.
+    pub fn positions(&self) -> Positions {
+        self.producer.positions()
+    }
+
+    /// The check before sleeping until the kernel frees space, in an event loop of your own;
+    /// [`reserve_timeout`](UserRingBuf::reserve_timeout) runs it for you. See
+    /// [`Producer::check_before_sleep`].
+    ///
+    /// # Errors
+    ///
+    /// A corruption error, as for [`reserve`](UserRingBuf::reserve).
+    pub fn check_before_sleep(&self) -> Result<usize, ReserveError> {
+        self.producer.check_before_sleep()
+    }
+
+    /// After [`ReserveError::ProducerPosMoved`]: adopt the other writer's `producer_pos`.
+    /// See [`Producer::follow`].
+    pub fn follow(&mut self) {
+        self.producer.follow()
     }
 
     /// Reserves a record with a `len`-byte payload, waiting up to `timeout` (`None`: no
     /// limit) for the kernel to drain enough space.
     ///
-    /// It sleeps in an edge-triggered `epoll_wait` on the map's fd for `EPOLLOUT`, which the
-    /// kernel signals after a `bpf_user_ringbuf_drain` that consumed at least one sample
-    /// (always with `BPF_RB_FORCE_WAKEUP`, never with `BPF_RB_NO_WAKEUP`). Before each sleep
-    /// it runs [`Producer::check_before_sleep`] (full fence, then look at the free space
-    /// again), and the fd was registered when the ring was opened, so space freed at any
-    /// moment is either seen or signalled.
+    /// A straight loop: reserve; if there is no room, the lost-wakeup check
+    /// ([`check_before_sleep`](UserRingBuf::check_before_sleep): full fence, then the free
+    /// space again); if there is still no room, sleep in an edge-triggered `epoll_wait` on the
+    /// map's fd for `EPOLLOUT`, which the kernel signals after a `bpf_user_ringbuf_drain` that
+    /// consumed at least one sample (always with `BPF_RB_FORCE_WAKEUP`, never with
+    /// `BPF_RB_NO_WAKEUP`). The fd was registered when the ring was opened, so space freed at
+    /// any moment is either seen or signalled. The timeout is a deadline computed once.
     ///
     /// # Errors
     ///
@@ -148,60 +185,31 @@ impl UserRingBuf {
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<Reservation<'_, RingMapping>, Error> {
-        let producer = &self.producer;
-        let mut outcome = None;
-        let ready =
-            self.waiter
-                .borrow_mut()
-                .wait_until(timeout, || match producer.reserve(len) {
-                    Err(ReserveError::NoSpace { needed, .. }) => {
-                        match producer.check_before_sleep() {
-                            // Space was freed between the two looks: try again now.
-                            Ok(available) if available >= needed => {
-                                outcome = Some(producer.reserve(len));
-                                !matches!(outcome, Some(Err(ReserveError::NoSpace { .. })))
-                            }
-                            Ok(_) => false,
-                            Err(error) => {
-                                outcome = Some(Err(error));
-                                true
-                            }
-                        }
-                    }
-                    other => {
-                        outcome = Some(other);
-                        true
-                    }
-                })?;
-        match outcome {
-            Some(result) if ready => Ok(result?),
-            // Timed out: one last look, as the time may have run out just as space was freed.
-            _ => Ok(producer.reserve(len)?),
+        let deadline = deadline_after(timeout);
+        let mut woken = false;
+        loop {
+            let needed = match self.producer.reserve(len) {
+                Err(ReserveError::NoSpace { needed, .. }) => needed,
+                other => return Ok(other?),
+            };
+            if self.producer.check_before_sleep()? >= needed {
+                // Freed between the two looks.
+                continue;
+            }
+            let mut sleeper = self.sleeper.borrow_mut();
+            if woken {
+                sleeper.stats.spurious_wakeups += 1;
+            }
+            woken = false;
+            if sleeper.sleep(deadline, |_| woken = true)? == Woke::TimedOut {
+                // One last look: the time may have run out just as space was freed.
+                return Ok(self.producer.reserve(len)?);
+            }
         }
     }
 
     /// Counters of this ring's waits.
-    pub fn wait_stats(&self) -> WaitStats {
-        self.waiter.borrow().stats
-    }
-}
-
-impl Deref for UserRingBuf {
-    type Target = Producer<RingMapping>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.producer
-    }
-}
-
-impl DerefMut for UserRingBuf {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.producer
-    }
-}
-
-impl AsFd for UserRingBuf {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.as_fd()
+    pub fn wait_stats(&self) -> super::wait::WaitStats {
+        self.sleeper.borrow().stats
     }
 }

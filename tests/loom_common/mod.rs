@@ -9,6 +9,7 @@ use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
+use bpf_ringbuf::memory::{DataWord, PositionWord};
 use bpf_ringbuf::model::{KernelProducer, Reservation, Wakeup};
 use bpf_ringbuf::sync::atomic::{AtomicU32, AtomicUsize};
 use bpf_ringbuf::sync::{with_weakened, SyncPoint};
@@ -182,27 +183,27 @@ impl LoomRing {
 // slices they return live as long as `self` (retired buffers are only freed on drop). Header
 // words are kept apart from the data bytes, which the core never reads a header through.
 unsafe impl RingMemory for LoomRing {
-    fn consumer_pos(&self) -> &AtomicUsize {
+    fn consumer_pos(&self) -> &PositionWord {
         drop(self.buffers());
-        &self.consumer_pos
+        PositionWord::from_atomic(&self.consumer_pos)
     }
 
-    fn producer_pos(&self) -> &AtomicUsize {
+    fn producer_pos(&self) -> &PositionWord {
         drop(self.buffers());
-        &self.producer_pos
+        PositionWord::from_atomic(&self.producer_pos)
     }
 
     fn size(&self) -> usize {
         self.size
     }
 
-    fn header(&self, offset: usize) -> &AtomicU32 {
+    fn header(&self, offset: usize) -> &DataWord {
         assert!(
             offset < self.size && offset % SLOT == 0,
             "header offset {offset} outside the ring or misaligned"
         );
         drop(self.buffers());
-        &self.headers[offset / SLOT]
+        DataWord::from_atomic(&self.headers[offset / SLOT])
     }
 
     unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
@@ -277,28 +278,28 @@ impl LoomOverwriteRing {
 
 // SAFETY: `size` is fixed and a power of two; the positions are fields; `header` returns the
 // data word at every 8-aligned offset below `size` (and panics otherwise). `bytes` is never
-// reached: the overwrite reader and the kernel model's `output_atomic` access the data only
+// reached: the overwrite reader and the overwrite-mode kernel model access the data only
 // through `header` and `data_word`, and a model that called it would fail loudly, never
 // read wrong bytes.
 unsafe impl RingMemory for LoomOverwriteRing {
-    fn consumer_pos(&self) -> &AtomicUsize {
-        &self.consumer_pos
+    fn consumer_pos(&self) -> &PositionWord {
+        PositionWord::from_atomic(&self.consumer_pos)
     }
 
-    fn producer_pos(&self) -> &AtomicUsize {
-        &self.producer_pos
+    fn producer_pos(&self) -> &PositionWord {
+        PositionWord::from_atomic(&self.producer_pos)
     }
 
     fn size(&self) -> usize {
         self.size
     }
 
-    fn header(&self, offset: usize) -> &AtomicU32 {
+    fn header(&self, offset: usize) -> &DataWord {
         assert!(
             offset < self.size && offset % 8 == 0,
             "header offset {offset} outside the ring or misaligned"
         );
-        &self.words[offset / 4]
+        DataWord::from_atomic(&self.words[offset / 4])
     }
 
     unsafe fn bytes(&self, _offset: usize, _len: usize) -> &[u8] {
@@ -307,8 +308,8 @@ unsafe impl RingMemory for LoomOverwriteRing {
     }
 }
 
-// SAFETY: as for `RingMemory`; `bytes_mut` is never reached (`output_atomic` writes word by
-// word, and `new_overwrite`'s contract forbids `payload`/`output` while a reader runs).
+// SAFETY: as for `RingMemory`; `bytes_mut` is never reached (an overwrite-mode producer
+// writes payloads word by word).
 unsafe impl RingMemoryMut for LoomOverwriteRing {
     unsafe fn bytes_mut(&self, _offset: usize, _len: usize) -> &mut [u8] {
         unreachable!("the overwrite-mode models write the data only word by word")
@@ -319,16 +320,16 @@ unsafe impl RingMemoryMut for LoomOverwriteRing {
 // every 4-aligned `offset < 2 * size` (the double mapping), the same word `header` returns
 // for that offset, and panics otherwise.
 unsafe impl OverwriteMemory for LoomOverwriteRing {
-    fn overwrite_pos(&self) -> &AtomicUsize {
-        &self.overwrite_pos
+    fn overwrite_pos(&self) -> &PositionWord {
+        PositionWord::from_atomic(&self.overwrite_pos)
     }
 
-    fn data_word(&self, offset: usize) -> &AtomicU32 {
+    fn data_word(&self, offset: usize) -> &DataWord {
         assert!(
             offset < 2 * self.size && offset % 4 == 0,
             "data word offset {offset} outside the double-mapped data area or misaligned"
         );
-        &self.words[(offset % self.size) / 4]
+        DataWord::from_atomic(&self.words[(offset % self.size) / 4])
     }
 }
 
@@ -336,7 +337,7 @@ unsafe impl OverwriteMemory for LoomOverwriteRing {
 pub type Kernel = KernelProducer<std::sync::Arc<LoomRing>>;
 
 /// `bpf_ringbuf_reserve`, retried (yielding to the other threads) until there is room.
-pub fn reserve_blocking(kernel: &Kernel, len: usize) -> Reservation {
+pub fn reserve_blocking(kernel: &Kernel, len: usize) -> Reservation<'_, std::sync::Arc<LoomRing>> {
     loop {
         if let Some(reservation) = kernel.reserve(len) {
             return reservation;
@@ -348,19 +349,16 @@ pub fn reserve_blocking(kernel: &Kernel, len: usize) -> Reservation {
 /// Fills a reservation with `payload(tag, len)` and submits (or discards) it; returns whether
 /// the kernel decided to wake the consumer.
 pub fn fill_and_commit(
-    kernel: &Kernel,
-    mut reservation: Reservation,
+    mut reservation: Reservation<'_, std::sync::Arc<LoomRing>>,
     tag: u8,
     discard: bool,
 ) -> bool {
     let len = reservation.len();
-    kernel
-        .payload(&mut reservation)
-        .copy_from_slice(&payload(tag, len));
+    reservation.write(&payload(tag, len));
     if discard {
-        kernel.discard(reservation, Wakeup::Adaptive)
+        reservation.discard(Wakeup::Adaptive)
     } else {
-        kernel.submit(reservation, Wakeup::Adaptive)
+        reservation.submit(Wakeup::Adaptive)
     }
 }
 
