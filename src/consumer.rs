@@ -24,7 +24,7 @@ use core::cell::Cell;
 use core::ops::ControlFlow;
 
 use crate::error::{GeometryError, ReadError};
-use crate::geometry::{distance, Geometry};
+use crate::geometry::{distance, Geometry, Positions, Readiness};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemory;
 use crate::sync::atomic::Ordering;
@@ -120,26 +120,6 @@ enum Step {
     },
     /// The header contradicts the positions.
     Corrupt(ReadError),
-}
-
-/// What [`Consumer::check_before_sleep`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readiness {
-    /// A record (or a corrupt ring, which a read reports) is waiting: do not sleep.
-    Readable,
-    /// Nothing was produced past `consumer_pos`: sleeping is safe, the kernel wakes us.
-    Empty,
-    /// The next record is reserved but not committed: sleeping is safe, its commit wakes us.
-    HeadBusy,
-}
-
-/// Both positions, as read from the ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Positions {
-    /// `consumer_pos`: everything before it has been consumed.
-    pub consumer: usize,
-    /// `producer_pos`: everything before it has been reserved.
-    pub producer: usize,
 }
 
 impl<M: RingMemory> Consumer<M> {

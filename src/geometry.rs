@@ -1,4 +1,4 @@
-//! Ring geometry: the data area's size, its mask, and position arithmetic.
+//! Ring geometry: the data area's size, its mask, positions and their arithmetic.
 //!
 //! Positions (`consumer_pos`, `producer_pos`) are the kernel's `unsigned long` byte counters:
 //! they only grow, and wrap around at `usize::MAX` on a long enough run (quickly on 32-bit
@@ -71,6 +71,27 @@ impl Geometry {
     pub const fn offset(self, position: usize) -> usize {
         position & self.mask
     }
+}
+
+/// Both positions of a ring, as read from its shared words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Positions {
+    /// `consumer_pos`: everything before it has been consumed.
+    pub consumer: usize,
+    /// `producer_pos`: everything before it has been reserved.
+    pub producer: usize,
+}
+
+/// What the check before sleeping found (a reader's `check_before_sleep`): whether sleeping
+/// until the kernel signals is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// A record (or a corrupt ring, which a read reports) is waiting: do not sleep.
+    Readable,
+    /// Nothing was produced past `consumer_pos`: sleeping is safe, the kernel wakes us.
+    Empty,
+    /// The next record is reserved but not committed: sleeping is safe, its commit wakes us.
+    HeadBusy,
 }
 
 /// Bytes from position `from` forward to position `to`, correct across the wrap at

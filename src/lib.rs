@@ -80,6 +80,9 @@
 //! - [`guide::protocol`]: the protocol as a specification, with the kernel code each rule
 //!   pairs with.
 //! - [`guide::design`]: how the crate is built and where its guarantees end.
+//! - [`guide::waiting`]: sleeping until the kernel signals without losing a wakeup or
+//!   spinning; many rings, deadlines, flush and close, async.
+//! - [`guide::user_ringbuf`]: writing to the kernel (USER_RINGBUF).
 //! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
 //!   already hold; the stability promise and MSRV (Rust 1.81).
 //!
@@ -124,6 +127,10 @@ pub mod guide {
     pub mod protocol {}
     #[doc = include_str!("../docs/design.md")]
     pub mod design {}
+    #[doc = include_str!("../docs/waiting.md")]
+    pub mod waiting {}
+    #[doc = include_str!("../docs/user-ringbuf.md")]
+    pub mod user_ringbuf {}
     #[doc = include_str!("../docs/vendoring.md")]
     pub mod vendoring {}
 }
@@ -137,9 +144,9 @@ mod linux;
 #[doc = include_str!("../tests/compile_fail.md")]
 mod compile_fail_tests {}
 
-pub use consumer::{Batch, BatchIter, Consumer, Positions, Readiness, Stats};
+pub use consumer::{Batch, BatchIter, Consumer, Stats};
 pub use error::{GeometryError, ReadError};
-pub use geometry::Geometry;
+pub use geometry::{Geometry, Positions, Readiness};
 pub use header::RecordHeader;
 pub use memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 pub use overwrite::{OverwriteConsumer, OverwriteStats};

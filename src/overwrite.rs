@@ -32,9 +32,8 @@
 
 use core::ops::ControlFlow;
 
-use crate::consumer::{Positions, Readiness};
 use crate::error::{GeometryError, ReadError};
-use crate::geometry::{distance, is_after, Geometry};
+use crate::geometry::{distance, is_after, Geometry, Positions, Readiness};
 use crate::header::{RecordHeader, HEADER_SIZE};
 use crate::memory::OverwriteMemory;
 use crate::sync::atomic::{fence, Ordering};

@@ -56,9 +56,8 @@ use core::cell::Cell;
 use core::fmt;
 use core::ops::{Deref, DerefMut};
 
-use crate::consumer::Positions;
 use crate::error::GeometryError;
-use crate::geometry::{distance, Geometry};
+use crate::geometry::{distance, Geometry, Positions};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE};
 use crate::memory::RingMemoryMut;
 use crate::sync::atomic::{fence, Ordering};

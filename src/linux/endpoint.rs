@@ -152,11 +152,10 @@ macro_rules! reader_waiting_methods {
             /// [`Flusher`](crate::Flusher) flushes or closes this reader; see
             /// [`WaitOutcome`](crate::WaitOutcome).
             ///
-            /// Before each sleep it runs the lost-wakeup check (`check_before_sleep`: full
-            /// fence, then a look at the positions and the head record), so a record committed
-            /// at any moment is either seen or signalled, and a waiting record is always
-            /// reported before a flush or close. It sleeps in an edge-triggered `epoll_wait`,
-            /// so a BUSY head record does not make it spin. Records committed with
+            /// Before each sleep it runs `check_before_sleep`, so a record committed at any
+            /// moment is either seen or signalled, a waiting record is always reported before
+            /// a flush or close, and a BUSY head record does not make it spin
+            /// ([`guide::waiting`](crate::guide::waiting)). Records committed with
             /// `BPF_RB_NO_WAKEUP` are found when a wait ends or at the
             #[doc = concat!("[periodic drain](", stringify!($ty), "::set_periodic_drain) interval.")]
             /// The timeout is a deadline computed once: signals (`EINTR`) do not extend it.

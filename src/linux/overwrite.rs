@@ -5,8 +5,8 @@ use super::endpoint::{endpoint_methods, reader_waiting_methods, Endpoint};
 use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::Sleeper;
-use crate::consumer::{Positions, Readiness};
 use crate::error::ReadError;
+use crate::geometry::{Positions, Readiness};
 use crate::overwrite::{OverwriteConsumer, OverwriteStats};
 
 /// A `BPF_MAP_TYPE_RINGBUF` created with `BPF_F_RB_OVERWRITE` (Linux 6.19+), opened for

@@ -12,7 +12,8 @@ use super::mapping::RingKind;
 use super::ringbuf::RingBuf;
 use super::user::UserRingBuf;
 use super::wait::{deadline_after, passed, Sleeper, WaitStats, Woke};
-use crate::consumer::{Readiness, Stats};
+use crate::consumer::Stats;
+use crate::geometry::Readiness;
 use crate::header::record_size;
 use crate::Error;
 

@@ -5,8 +5,9 @@ use super::endpoint::{endpoint_methods, reader_waiting_methods, Endpoint};
 use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::Sleeper;
-use crate::consumer::{Batch, Consumer, Positions, Readiness, Stats};
+use crate::consumer::{Batch, Consumer, Stats};
 use crate::error::ReadError;
+use crate::geometry::{Positions, Readiness};
 
 /// A `BPF_MAP_TYPE_RINGBUF` map opened for reading: the kernel→user direction.
 ///

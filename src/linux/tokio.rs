@@ -3,17 +3,9 @@
 //!
 //! Both register the map's own fd with tokio's reactor through
 //! [`AsyncFd`](::tokio::io::unix::AsyncFd), which owns the ring, so the registration and the
-//! ring cannot come apart. tokio's epoll is edge-triggered, which is what a ring needs (a
-//! BUSY head record keeps the fd level-ready; see `docs/waiting.md`).
-//!
-//! Edge triggering makes the ring's lost-wakeup rule the reader's job: the kernel signals a
-//! commit only if the reader had *published* a `consumer_pos` equal to the record's position,
-//! so records committed while a batch was being read raise no signal. Before every await the
-//! reader therefore publishes (every batch does when it ends), fences and looks at the ring
-//! again (`check_before_sleep`). It clears tokio's readiness before that look, never after,
-//! so a signal that lands in between sets the readiness again (tokio also tags readiness
-//! with a tick and ignores a clear from a guard older than the latest event, which protects
-//! the other order too).
+//! ring cannot come apart. tokio's epoll is edge-triggered, which is what a ring needs. Before
+//! every await they make the check before sleeping, after clearing tokio's readiness, never
+//! before: [`guide::waiting`](crate::guide::waiting), "Async readiness", says why.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
@@ -24,7 +16,8 @@ use super::mapping::RingMapping;
 use super::ringbuf::RingBuf;
 use super::user::UserRingBuf;
 use super::wait::WaitStats;
-use crate::consumer::{Batch, Readiness};
+use crate::consumer::Batch;
+use crate::geometry::Readiness;
 use crate::producer::{Reservation, ReserveError};
 use crate::Error;
 
@@ -108,11 +101,9 @@ impl AsyncRingBuf {
     /// Waits until a committed record can be read (or the ring is corrupt, which the next
     /// read reports).
     ///
-    /// Before every await it runs [`RingBuf::check_before_sleep`] (publish, fence, look:
-    /// records committed while the last batch was read raised no signal, and are found here),
-    /// and after every readiness event it clears tokio's readiness *before* that check: a
-    /// commit either happens before the check, which sees it, or after the clear, and then its
-    /// wakeup sets the readiness again. A BUSY head record does not make it spin.
+    /// Before every await it runs [`RingBuf::check_before_sleep`], after clearing tokio's
+    /// readiness, so no wakeup is lost and a BUSY head record does not make it spin
+    /// ([`guide::waiting`](crate::guide::waiting)).
     ///
     /// # Errors
     ///

@@ -5,7 +5,7 @@ use super::endpoint::{endpoint_methods, Endpoint};
 use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::{deadline_after, Sleeper, Woke};
-use crate::consumer::Positions;
+use crate::geometry::Positions;
 use crate::producer::{Producer, Reservation, ReserveError};
 use crate::Error;
 
@@ -167,12 +167,10 @@ impl UserRingBuf {
     /// Reserves a record with a `len`-byte payload, waiting up to `timeout` (`None`: no
     /// limit) for the kernel to drain enough space.
     ///
-    /// A straight loop: reserve; if there is no room, the lost-wakeup check
-    /// ([`check_before_sleep`](UserRingBuf::check_before_sleep): full fence, then the free
-    /// space again); if there is still no room, sleep in an edge-triggered `epoll_wait` on the
-    /// map's fd for `EPOLLOUT`, which the kernel signals after a `bpf_user_ringbuf_drain` that
-    /// consumed at least one sample (always with `BPF_RB_FORCE_WAKEUP`, never with
-    /// `BPF_RB_NO_WAKEUP`). The fd was registered when the ring was opened, so space freed at
+    /// A straight loop: reserve; if there is no room, look again after a fence
+    /// ([`check_before_sleep`](UserRingBuf::check_before_sleep)); if there is still none, sleep
+    /// until the kernel signals `EPOLLOUT` after a `bpf_user_ringbuf_drain` that consumed a
+    /// sample ([`guide::user_ringbuf`](crate::guide::user_ringbuf), "Waiting"). Space freed at
     /// any moment is either seen or signalled. The timeout is a deadline computed once.
     ///
     /// # Errors

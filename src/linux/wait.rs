@@ -1,11 +1,10 @@
 //! Sleeping until the kernel signals a ring's fd: the one waiting engine of the front end.
 //!
-//! A [`Sleeper`] is an edge-triggered epoll set holding the ring fds a reader or producer waits
-//! on (one for [`RingBuf`](crate::RingBuf), many for [`Poller`](crate::Poller)) and, once a
-//! [`Flusher`] was handed out, its eventfd. Every wait of the front end is the same loop
-//! around it: *check* (publish, full fence, look at the ring again: the lost-wakeup rule of
-//! `docs/waiting.md`), then *sleep* once, until a signal, the deadline, or the periodic drain
-//! interval; repeat.
+//! A [`Sleeper`] is the epoll set holding the ring fds a reader or producer waits on (one for
+//! [`RingBuf`](crate::RingBuf), many for [`Poller`](crate::Poller)) and, once a [`Flusher`] was
+//! handed out, its eventfd. Every wait of the front end is the same loop around it: *check*,
+//! then *sleep* once, until a signal, the deadline, or the periodic drain interval; repeat.
+//! [`guide::waiting`](crate::guide::waiting) explains the rules (the check, edge triggering).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -62,14 +61,8 @@ pub(crate) fn passed(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|deadline| Instant::now() >= deadline)
 }
 
-/// An edge-triggered epoll set and what belongs to sleeping on it.
-///
-/// Edge-triggered, because a RINGBUF fd is level-ready whenever `producer_pos !=
-/// consumer_pos`, which stays true while the head record is BUSY: a level-triggered wait
-/// returns at once, in a loop, until the record is committed (libbpf spins ~10^5 times in
-/// 70 ms there). With `EPOLLET`, `epoll_wait` returns once per kernel wakeup; the wakeup for
-/// the BUSY record comes when it is committed, because our published `consumer_pos` equals
-/// its position.
+/// An edge-triggered epoll set (a BUSY head keeps a RINGBUF fd level-ready:
+/// [`guide::waiting`](crate::guide::waiting)) and what belongs to sleeping on it.
 #[derive(Debug)]
 pub(crate) struct Sleeper {
     epoll: OwnedFd,
