@@ -151,6 +151,14 @@ pub fn page_size() -> usize {
     bpf_ringbuf_sys::page_size()
 }
 
+/// The smallest data area of a ring map (`max_entries` of a RINGBUF or USER_RINGBUF) that
+/// holds at least `min_bytes`: a power of two and a multiple of the page size, as the kernel
+/// requires. Tests size kernel rings with it, so they run unchanged on 4 KiB, 16 KiB and
+/// 64 KiB pages; `ring_size_at_least(4096)` is 4096 on 4 KiB pages and one page otherwise.
+pub fn ring_size_at_least(min_bytes: usize) -> usize {
+    min_bytes.next_power_of_two().max(page_size())
+}
+
 /// A new `BPF_MAP_TYPE_RINGBUF` map with a `size`-byte data area.
 pub fn ringbuf_map(size: usize) -> OwnedFd {
     map_create(&MapCreate::new(MapType::RINGBUF, 0, 0, size as u32)).expect("create RINGBUF map")
@@ -515,15 +523,18 @@ impl Producer {
     }
 }
 
-/// Largest payload a [`VariableOutput`] emits.
-pub const VARIABLE_OUTPUT_MAX: usize = 4096;
+/// Largest payload a [`VariableOutput`] emits: one page, and at least 4096 bytes, so a
+/// record can fill a one-page ring on any page size.
+pub fn variable_output_max() -> usize {
+    page_size().max(4096)
+}
 
 /// `retval` of a [`VariableOutput`] run whose `bpf_ringbuf_output` failed (ring full).
 pub const XDP_DROP: u32 = 1;
 
 /// A `bpf_ringbuf_output` producer whose length, flags and payload are set from user space
 /// between runs (in an array map the program reads), so one loaded program emits records
-/// of any size from 0 to [`VARIABLE_OUTPUT_MAX`].
+/// of any size from 0 to [`variable_output_max`].
 ///
 /// Control value layout: `u32 len`, `u32` unused, `u64 flags`, then the payload bytes.
 pub struct VariableOutput {
@@ -536,8 +547,8 @@ const VARIABLE_OUTPUT_HEADER: usize = 16;
 impl VariableOutput {
     /// Sets the next records' payload and commit flags.
     pub fn set(&self, payload: &[u8], flags: u64) {
-        assert!(payload.len() <= VARIABLE_OUTPUT_MAX);
-        let mut value = vec![0u8; VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX];
+        assert!(payload.len() <= variable_output_max());
+        let mut value = vec![0u8; VARIABLE_OUTPUT_HEADER + variable_output_max()];
         value[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
         value[8..16].copy_from_slice(&flags.to_ne_bytes());
         value[VARIABLE_OUTPUT_HEADER..][..payload.len()].copy_from_slice(payload);
@@ -569,12 +580,12 @@ impl VariableOutput {
 
 /// A [`VariableOutput`] for `ring`.
 pub fn variable_output(ring: BorrowedFd<'_>) -> VariableOutput {
-    let control = array_map((VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX) as u32);
+    let control = array_map((VARIABLE_OUTPUT_HEADER + variable_output_max()) as u32);
     let mut p = Program::new();
     p.extend(insn::ld_map_value(R6, control.as_fd(), 0))
         .push(insn::ldx_mem(MemSize::W, R3, R6, 0))
         // Bounds the length for the verifier (and refuses a bad control value).
-        .jmp_imm_label(JmpOp::JGT, R3, VARIABLE_OUTPUT_MAX as i32, "fail")
+        .jmp_imm_label(JmpOp::JGT, R3, variable_output_max() as i32, "fail")
         .push(insn::ldx_mem(MemSize::DW, R4, R6, 8))
         .push(insn::mov64_reg(R2, R6))
         .push(insn::alu64_imm(
