@@ -156,6 +156,7 @@ async fn ping_pong_loses_no_wakeup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_head_is_awaited_without_spinning() {
     require_kernel!();
+    require_feature!(kit::callbacks_missing());
     let map = kit::ringbuf_map(kit::ring_size_at_least(4096));
     let holder = kit::busy_holder(map.as_fd(), 1 << 23, 0xbeef);
     let mut ring = AsyncRingBuf::new(RingBuf::new(&map).unwrap()).unwrap();
@@ -197,6 +198,7 @@ async fn a_cancelled_wait_loses_nothing() {
 async fn space_waiter_wakes_when_the_kernel_drains_a_full_user_ring() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let ring = UserRingBuf::new(&map).unwrap();

@@ -550,6 +550,7 @@ fn fill(ring: &UserRingBuf) -> usize {
 fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     kit::pin_to_cpu(0);
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);

@@ -941,12 +941,14 @@ fn busy_record_scenario(before: usize) {
 #[test]
 fn busy_head_record_is_waited_for_without_spinning() {
     require_kernel!();
+    require_feature!(kit::callbacks_missing());
     busy_record_scenario(0);
 }
 
 #[test]
 fn busy_record_behind_committed_ones_wakes_the_reader_that_caught_up() {
     require_kernel!();
+    require_feature!(kit::callbacks_missing());
     busy_record_scenario(3);
 }
 

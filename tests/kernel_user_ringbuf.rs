@@ -70,6 +70,7 @@ fn mappings_have_the_kernel_permissions() {
 fn map_type_is_checked_and_one_producer_per_map() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let user_map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
     let kernel_map = kit::ringbuf_map(kit::ring_size_at_least(4096));
     match UserRingBuf::new(&kernel_map) {
@@ -137,6 +138,7 @@ fn post_invalid_sample(len: u32, producer_pos: u64, errno: i64) {
 fn misaligned_producer_pos_is_einval() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The selftest's post_misaligned: a 39-byte sample published at producer_pos 47.
     post_invalid_sample(39, 39 + 8, EINVAL);
 }
@@ -145,6 +147,7 @@ fn misaligned_producer_pos_is_einval() {
 fn sample_past_producer_pos_is_einval() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The selftest's post_producer_wrong_offset: a 32-byte sample (40 bytes) with only 32
     // bytes produced.
     post_invalid_sample(32, 32, EINVAL);
@@ -154,6 +157,7 @@ fn sample_past_producer_pos_is_einval() {
 fn sample_larger_than_the_ring_is_e2big_and_refused_by_the_producer() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The selftest's post_larger_than_ringbuf_sz.
     let size = kit::ring_size_at_least(4096);
     post_invalid_sample(size as u32, size as u64 + 8, E2BIG);
@@ -182,6 +186,7 @@ fn sample_larger_than_the_ring_is_e2big_and_refused_by_the_producer() {
 fn basic_submit_and_drain() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
@@ -247,6 +252,7 @@ impl Forward {
 fn full_size_sample_round_trips() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let mut forward = Forward::new(size, 4 * size, size as u32 - 8);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
@@ -272,6 +278,7 @@ fn full_size_sample_round_trips() {
 fn odd_sizes_are_aligned_and_arrive_intact() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let mut forward = Forward::new(
         kit::ring_size_at_least(4096),
         kit::ring_size_at_least(16384),
@@ -301,6 +308,7 @@ fn odd_sizes_are_aligned_and_arrive_intact() {
 fn overfill_is_refused_and_corrupts_nothing() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let mut forward = Forward::new(size, 4 * size, SAMPLE_LEN as u32);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
@@ -334,6 +342,7 @@ fn overfill_is_refused_and_corrupts_nothing() {
 fn discards_are_skipped_and_their_space_reused() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
@@ -369,6 +378,7 @@ fn discards_are_skipped_and_their_space_reused() {
 fn eight_thousand_samples_in_a_loop() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
@@ -395,6 +405,7 @@ fn eight_thousand_samples_in_a_loop() {
 fn one_drain_visits_at_most_131072_samples() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let extra = 100;
     let size = 2 << 20; // holds 131072 + extra empty samples of 8 bytes
     let map = kit::user_ringbuf_map(size);
@@ -426,6 +437,7 @@ fn one_drain_visits_at_most_131072_samples() {
 fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
@@ -474,6 +486,7 @@ fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
 fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
@@ -506,6 +519,7 @@ fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
 fn a_held_reservation_holds_back_later_samples_until_committed() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let mut forward = Forward::new(
         kit::ring_size_at_least(4096),
         kit::ring_size_at_least(16384),
@@ -540,6 +554,7 @@ fn a_held_reservation_holds_back_later_samples_until_committed() {
 fn opens_from_a_pinned_path() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
     // A private BPF filesystem, so the test neither needs nor touches /sys/fs/bpf.
     let bpffs = kit::PrivateBpffs::new().expect("mount a private bpffs");
@@ -560,6 +575,7 @@ fn opens_from_a_pinned_path() {
 fn round_trip_random_sizes_across_wraparound() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let user_size = kit::ring_size_at_least(16384);
     let max_len = 3000;
     let mut forward = Forward::new(user_size, 4 * user_size, max_len as u32);
@@ -637,6 +653,7 @@ fn round_trip_random_sizes_across_wraparound() {
 fn kernel_and_model_drain_the_same_sequence_alike() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The same operations on a real map and on the heap model: positions, results and the
     // payloads must agree at every step.
     let size = kit::ring_size_at_least(4096);
@@ -674,6 +691,7 @@ fn kernel_and_model_drain_the_same_sequence_alike() {
 fn wakeups_follow_the_drain_flags_when_nothing_is_drained() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();

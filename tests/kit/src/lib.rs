@@ -146,6 +146,56 @@ pub fn user_ringbuf_missing() -> Option<String> {
     ring_flags_missing(MapType::USER_RINGBUF, MapFlags::empty(), (6, 1))
 }
 
+/// `None` when the kernel verifies BPF programs that pass a callback to a helper
+/// (`bpf_loop`, `bpf_user_ringbuf_drain`); otherwise why not. The verifier accepts callbacks
+/// only in programs the JIT compiles ("callbacks are not allowed in non-JITed programs"), so
+/// on a kernel built without a BPF JIT (Debian's s390x kernels) nothing can drain a
+/// USER_RINGBUF or hold a record BUSY in `bpf_loop`, and tests that need either skip. A kernel
+/// that has a JIT (`/proc/sys/net/core/bpf_jit_enable` exists) and refuses the probe fails it
+/// under `BPF_RINGBUF_REQUIRE_KERNEL=1`; any other error panics (tests call
+/// [`require_kernel!`] first).
+pub fn callbacks_missing() -> Option<String> {
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(probe_callbacks).clone()
+}
+
+fn probe_callbacks() -> Option<String> {
+    let mut p = Program::new();
+    p.push(insn::mov64_imm(R1, 1))
+        .ld_pseudo_func_label(R2, "callback")
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::mov64_imm(R4, 0))
+        .push(insn::call_helper(helper::LOOP))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("callback")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    let callback = p.label_index("callback").expect("callback label") as u32;
+    let (btf, func_info) = btf_main_and_callback(callback);
+    let error = match load_xdp(&p, Some((&btf, &func_info))) {
+        Ok(_) => return None,
+        Err(error) => error,
+    };
+    let refused_without_jit = error.errno() == Errno::INVAL
+        && error
+            .log()
+            .is_some_and(|log| log.contains("callbacks are not allowed in non-JITed programs"));
+    assert!(refused_without_jit, "probing BPF callbacks: {error}");
+    let has_jit = std::path::Path::new("/proc/sys/net/core/bpf_jit_enable").exists();
+    let required = std::env::var("BPF_RINGBUF_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+    let release = kernel_release();
+    assert!(
+        !(required && has_jit),
+        "Linux {release} has a BPF JIT but refuses a bpf_loop callback: {error}"
+    );
+    Some(format!(
+        "Linux {release} ({}) has no BPF JIT, and the verifier allows callbacks \
+         (bpf_loop, bpf_user_ringbuf_drain) only in JIT-compiled programs",
+        std::env::consts::ARCH
+    ))
+}
+
 /// The system page size.
 pub fn page_size() -> usize {
     bpf_ringbuf_sys::page_size()
