@@ -192,8 +192,9 @@ pub fn pattern(len: usize) -> Vec<u8> {
 pub const LENGTHS: [u32; 5] = [1, 8, 13, 200, 1000];
 /// Records of each length per round.
 pub const PER_ROUND: u32 = 7;
-/// Rounds: enough traffic to wrap a four-page ring several times.
-pub const ROUNDS: usize = 12;
+/// Rounds: enough traffic (about 420 KiB) to wrap a 64 KiB ring several times, the
+/// smallest ring there is with 64 KiB pages.
+pub const ROUNDS: usize = 48;
 
 /// What [`run`] read.
 #[derive(Debug, PartialEq, Eq)]

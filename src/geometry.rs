@@ -9,9 +9,9 @@
 use crate::error::GeometryError;
 
 /// The smallest data area the core accepts, in bytes (two 8-byte record slots). Useful for
-/// small models and tests; kernel ring maps are at least one page (see
-/// [`Geometry::for_map`]), and at most just under 64 GiB on 64-bit kernels
-/// (`RINGBUF_MAX_DATA_SZ` with 4 KiB pages).
+/// small models and tests; kernel ring maps are at least one page of the running kernel
+/// (4 KiB on x86_64, 4, 16 or 64 KiB on arm64, 64 KiB on most ppc64el kernels; see
+/// [`Geometry::for_map`]), and at most 2 GiB (`max_entries` is a `u32` power of two).
 pub const MIN_RING_SIZE: usize = 16;
 
 /// Size and mask of a ring's data area.
@@ -45,8 +45,10 @@ impl Geometry {
     }
 
     /// Geometry of a kernel ring map whose `max_entries` is `size`: the kernel requires a
-    /// power of two that is a multiple of the page size (`ringbuf_map_alloc` returns `EINVAL`
-    /// otherwise).
+    /// power of two that is a multiple of its page size (`ringbuf_map_alloc` returns `EINVAL`
+    /// otherwise), so the smallest ring is one page. `page_size` is the running kernel's
+    /// (`AT_PAGESZ`, e.g. `rustix::param::page_size()`), never an assumed 4096: a 4096-byte
+    /// ring is refused on 16 KiB and 64 KiB pages.
     pub const fn for_map(size: usize, page_size: usize) -> Result<Self, GeometryError> {
         if page_size == 0 || size % page_size != 0 || size == 0 {
             return Err(GeometryError::NotPageMultiple { size, page_size });
@@ -146,6 +148,30 @@ mod tests {
         );
         assert_eq!(Geometry::new(8), Err(GeometryError::TooSmall { size: 8 }));
         assert_eq!(Geometry::for_map(1 << 20, 4096).unwrap().size(), 1 << 20);
+    }
+
+    #[test]
+    fn the_page_size_rule_holds_for_16k_and_64k_pages() {
+        for page in [16 * 1024, 64 * 1024] {
+            for size in [4096, page / 2] {
+                assert_eq!(
+                    Geometry::for_map(size, page),
+                    Err(GeometryError::NotPageMultiple {
+                        size,
+                        page_size: page
+                    })
+                );
+            }
+            assert_eq!(Geometry::for_map(page, page).unwrap().size(), page);
+            assert_eq!(
+                Geometry::for_map(8 * page, page).unwrap().mask(),
+                8 * page - 1
+            );
+            assert_eq!(
+                Geometry::for_map(3 * page, page),
+                Err(GeometryError::NotPowerOfTwo { size: 3 * page })
+            );
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ async fn async_reader_gets_every_record_from_producers_on_both_cpus() {
     require_kernel!();
     let cpus = kit::online_cpus().min(2);
     let per_cpu: u64 = 10_000;
-    let map = kit::ringbuf_map(256 * 1024);
+    let map = kit::ringbuf_map(kit::ring_size_at_least(256 * 1024));
     let source = stamped(map.as_fd(), 48);
     let mut ring = AsyncRingBuf::new(RingBuf::new(&map).unwrap()).unwrap();
     let producer = std::sync::Arc::new(source.producer);
@@ -150,7 +150,7 @@ async fn ping_pong_loses_no_wakeup() {
     // One record at a time, and the producer waits for the reader to take it before the
     // next: the reader sleeps before every record, so a single lost wakeup hangs the test.
     let rounds = 3000;
-    let map = kit::ringbuf_map(4096);
+    let map = kit::ringbuf_map(kit::ring_size_at_least(4096));
     let source = stamped(map.as_fd(), 16);
     let mut ring = AsyncRingBuf::new(RingBuf::new(&map).unwrap()).unwrap();
     let (ack, acks) = mpsc::channel::<()>();
@@ -187,7 +187,8 @@ async fn ping_pong_loses_no_wakeup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_head_is_awaited_without_spinning() {
     require_kernel!();
-    let map = kit::ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let map = kit::ringbuf_map(kit::ring_size_at_least(4096));
     let holder = kit::busy_holder(map.as_fd(), 1 << 23, 0xbeef);
     let mut ring = AsyncRingBuf::new(RingBuf::new(&map).unwrap()).unwrap();
     let thread = thread::spawn(move || holder.run(1));
@@ -211,7 +212,7 @@ async fn busy_head_is_awaited_without_spinning() {
 async fn a_cancelled_wait_loses_nothing() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let map = kit::ringbuf_map(4096);
+    let map = kit::ringbuf_map(kit::ring_size_at_least(4096));
     let source = stamped(map.as_fd(), 16);
     let mut ring = AsyncRingBuf::new(RingBuf::new(&map).unwrap()).unwrap();
     assert!(
@@ -233,7 +234,8 @@ async fn a_cancelled_wait_loses_nothing() {
 async fn async_reserve_wakes_when_the_kernel_drains_a_full_user_ring() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let ring = UserRingBuf::new(&map).unwrap();
     let mut samples = 0;
@@ -276,7 +278,7 @@ async fn async_reserve_wakes_when_the_kernel_drains_a_full_user_ring() {
         .discard();
     // Too large for the ring: refused at once instead of waiting forever.
     assert!(matches!(
-        tokio::time::timeout(Duration::ZERO, ring.reserve(4096)).await,
+        tokio::time::timeout(Duration::ZERO, ring.reserve(ring.get_ref().max_len() + 1)).await,
         Ok(Err(bpf_ringbuf::Error::Reserve(
             bpf_ringbuf::ReserveError::TooLarge { .. }
         )))

@@ -18,7 +18,7 @@ use byo::LibraryRing;
 #[test]
 fn the_example_reads_every_record_through_both_kinds_of_memory() {
     require_kernel!();
-    let size = 4 * kit::page_size();
+    let size = kit::ring_size_at_least(4 * 4096);
     let report = byo::run(size).unwrap();
     let per_round = byo::LENGTHS.len() * byo::PER_ROUND as usize;
     assert_eq!(report.through_impl, byo::ROUNDS.div_ceil(2) * per_round);

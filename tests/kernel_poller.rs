@@ -70,8 +70,8 @@ fn collect(poller: &mut Poller, want: usize, timeout: Duration) -> HashMap<u32, 
 fn two_rings_in_one_poller_one_empty_then_both_delivered() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let first = stamped_ring(64 * 1024, 32, 0);
-    let second = stamped_ring(64 * 1024, 32, 0);
+    let first = stamped_ring(kit::ring_size_at_least(64 * 1024), 32, 0);
+    let second = stamped_ring(kit::ring_size_at_least(64 * 1024), 32, 0);
     let mut poller = Poller::new().unwrap();
     let first_ring = RingBuf::new(&first.map).unwrap();
     let second_ring = RingBuf::new(&second.map).unwrap();
@@ -126,8 +126,8 @@ fn two_rings_in_one_poller_one_empty_then_both_delivered() {
 fn budget_keeps_one_busy_ring_from_starving_the_others() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let busy = stamped_ring(256 * 1024, 16, 0);
-    let quiet = stamped_ring(16 * 1024, 16, 0);
+    let busy = stamped_ring(kit::ring_size_at_least(256 * 1024), 16, 0);
+    let quiet = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
     let mut poller = Poller::new().unwrap();
     poller.set_budget(10);
     let busy_id = poller.add_ring(RingBuf::new(&busy.map).unwrap()).unwrap();
@@ -181,8 +181,8 @@ fn budget_keeps_one_busy_ring_from_starving_the_others() {
 fn rings_are_added_and_removed_at_run_time() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let first = stamped_ring(16 * 1024, 16, 0);
-    let second = stamped_ring(16 * 1024, 16, 0);
+    let first = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
+    let second = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
     let mut poller = Poller::new().unwrap();
     let first_id = poller.add_ring(RingBuf::new(&first.map).unwrap()).unwrap();
     first.producer.run(1);
@@ -240,7 +240,7 @@ fn flush_from_another_thread_wakes_the_poller_which_drains_then_reports_flushed(
     require_kernel!();
     kit::pin_to_cpu(0);
     // NO_WAKEUP: the records raise no signal, so only the flush can end the sleep.
-    let ring = stamped_ring(16 * 1024, 24, kit::NO_WAKEUP);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 24, kit::NO_WAKEUP);
     let mut poller = Poller::new().unwrap();
     let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     let flusher = poller.flusher().unwrap();
@@ -307,7 +307,7 @@ fn flush_from_another_thread_wakes_the_poller_which_drains_then_reports_flushed(
 fn flush_and_close_wake_a_single_ring_wait() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, kit::NO_WAKEUP);
     let mut reader = RingBuf::new(&ring.map).unwrap();
     let flusher = reader.flusher().unwrap();
     let other = flusher.clone();
@@ -339,10 +339,10 @@ fn flush_and_close_wake_a_single_ring_wait() {
 fn deadline_expires_then_data_arrives() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let ring = stamped_ring(16 * 1024, 16, 0);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
     let mut reader = RingBuf::new(&ring.map).unwrap();
     let mut poller = Poller::new().unwrap();
-    let other = stamped_ring(16 * 1024, 16, 0);
+    let other = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
     let id = poller.add_ring(RingBuf::new(&other.map).unwrap()).unwrap();
 
     let deadline = Instant::now() + Duration::from_millis(50);
@@ -398,7 +398,7 @@ fn deadline_expires_then_data_arrives() {
 fn no_wakeup_records_are_drained_by_the_periodic_option() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, kit::NO_WAKEUP);
     // Watches the kernel's signals on the map without reading it (one reader per map and
     // process: the poller's RingBuf is the reader).
     let signal_watch = SignalWatch::new(ring.map.as_fd(), EventFlags::IN);
@@ -461,7 +461,7 @@ fn no_wakeup_records_are_drained_by_the_periodic_option() {
 fn no_wakeup_records_are_found_when_a_poll_times_out() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, kit::NO_WAKEUP);
     let mut poller = Poller::new().unwrap();
     poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     assert_eq!(
@@ -490,8 +490,10 @@ fn no_wakeup_records_are_found_when_a_poll_times_out() {
 fn drop_counter_reads_back_what_the_program_counted() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    // 4 records of 1000 bytes (1008 with the header) fit in 4096 bytes; the rest are dropped.
-    let ring = stamped_ring(4096, 1000, 0);
+    // 4 records of a quarter of the ring less 24 bytes (4096: 1000 bytes, 1008 with the
+    // header) fit; the rest are dropped.
+    let size = kit::ring_size_at_least(4096);
+    let ring = stamped_ring(size, size as u32 / 4 - 24, 0);
     let mut drops = DropCounter::new(&ring.drops).unwrap();
     assert_eq!(drops.total().unwrap(), 0);
     ring.producer.run(10);
@@ -522,7 +524,7 @@ fn drop_counter_reads_back_what_the_program_counted() {
 #[test]
 fn drop_counter_refuses_maps_it_cannot_read() {
     require_kernel!();
-    let ring = kit::ringbuf_map(4096);
+    let ring = kit::ringbuf_map(kit::ring_size_at_least(4096));
     assert!(matches!(
         DropCounter::new(&ring),
         Err(Error::Open {
@@ -563,13 +565,15 @@ fn fill(ring: &UserRingBuf) -> usize {
 fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     kit::pin_to_cpu(0);
-    let map = kit::user_ringbuf_map(4096);
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let user_ring = UserRingBuf::new(&map).unwrap();
     let samples = fill(&user_ring);
-    assert_eq!(samples, 4096 / 72);
-    let reader_side = stamped_ring(16 * 1024, 16, 0);
+    assert_eq!(samples, size / 72);
+    let reader_side = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
 
     let mut poller = Poller::new().unwrap();
     let reader = poller
@@ -643,14 +647,19 @@ fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() 
 fn the_space_a_user_ring_waits_for_can_change() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let user_ring = UserRingBuf::new(&map).unwrap();
     let samples = fill(&user_ring);
-    // 4096 - 56 * 72 = 64 bytes are free: room for a 56-byte payload, not for a 64-byte one.
-    assert_eq!(user_ring.free_space().unwrap(), 4096 - samples * 72);
+    // `free` bytes are left (64 in a 4 KiB ring; never 0, as no power of two is a multiple of
+    // 72): room for a `free - 8`-byte payload, not for one byte more.
+    let free = size - samples * 72;
+    assert_eq!(user_ring.free_space().unwrap(), free);
+    assert!((8..72).contains(&free), "{free}");
+    let fits = free - 8;
     let mut poller = Poller::new().unwrap();
-    let id = poller.add_user_ring(user_ring, 64).unwrap();
+    let id = poller.add_user_ring(user_ring, fits + 1).unwrap();
     assert_eq!(
         poller
             .poll(Some(Duration::from_millis(30)), |_, _| unreachable!())
@@ -658,7 +667,7 @@ fn the_space_a_user_ring_waits_for_can_change() {
         PollOutcome::TimedOut
     );
     // Waiting for less: the next poll checks again and finds the room, without a wakeup.
-    assert!(poller.set_space(id, 56));
+    assert!(poller.set_space(id, fits));
     assert_eq!(
         poller
             .poll(Some(Duration::from_millis(30)), |_, _| unreachable!())
@@ -669,7 +678,11 @@ fn the_space_a_user_ring_waits_for_can_change() {
         }
     );
     assert_eq!(poller.writable(), [id]);
-    poller.user_ring(id).unwrap().output(&[2; 56]).unwrap();
+    poller
+        .user_ring(id)
+        .unwrap()
+        .output(&vec![2; fits])
+        .unwrap();
     // Full now for any payload: back to waiting, until the kernel drains.
     assert!(poller.set_space(id, 0));
     assert_eq!(
@@ -695,7 +708,7 @@ fn the_space_a_user_ring_waits_for_can_change() {
 fn a_length_that_never_fits_is_reported_writable_so_reserve_can_say_why() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    let map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
     let user_ring = UserRingBuf::new(&map).unwrap();
     // Full, so only the length can make it writable.
     fill(&user_ring);
@@ -722,7 +735,7 @@ fn a_ring_read_directly_is_checked_by_the_next_poll() {
     require_kernel!();
     kit::pin_to_cpu(0);
     // NO_WAKEUP: nothing but the poller's own bookkeeping can find the records left over.
-    let ring = stamped_ring(16 * 1024, 16, kit::NO_WAKEUP);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, kit::NO_WAKEUP);
     let mut poller = Poller::new().unwrap();
     let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     assert_eq!(
@@ -838,7 +851,9 @@ fn per_cpu_rings_with_producers_on_both_cpus_strand_nothing() {
     // closed before everything arrived fails the test.
     let cpus = kit::online_cpus().min(2);
     let per_cpu: u64 = 4_000;
-    let rings: Vec<StampedRing> = (0..cpus).map(|_| stamped_ring(64 * 1024, 32, 0)).collect();
+    let rings: Vec<StampedRing> = (0..cpus)
+        .map(|_| stamped_ring(kit::ring_size_at_least(64 * 1024), 32, 0))
+        .collect();
     let mut poller = Poller::new().unwrap();
     poller.set_budget(64);
     let ids: Vec<u32> = rings

@@ -154,10 +154,10 @@ fn overwrite_ring_accepts_records_past_full() {
     ));
     let page = kit::page_size();
     let payload = kit::array_map(8);
-    // 300 records of 8 + 8 bytes: more than a one-page ring holds. A plain ring keeps
+    // Records of 8 + 8 bytes, 45 more than a one-page ring holds: a plain ring keeps
     // producer_pos - consumer_pos <= size - 1 (`> rb->mask` fails in __bpf_ringbuf_reserve),
-    // so it takes 255 records and refuses the other 45.
-    let records = 300u32;
+    // so it takes (page - 1) / 16 records (255 with 4 KiB pages) and refuses the other 45.
+    let records = ((page - 1) / 16) as u32 + 45;
     let mut producer_pos = Vec::new();
     for flags in [MapFlags::empty(), MapFlags::RB_OVERWRITE] {
         let map = probe::create_ring_map(MapType::RINGBUF, page as u32, flags).unwrap();

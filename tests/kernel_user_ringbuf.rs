@@ -19,7 +19,7 @@ const EINVAL: i64 = 22;
 const E2BIG: i64 = 7;
 
 /// The selftest's sample: `struct sample { int pid; long value; char comm[16]; u32 seq; }`
-/// is 40 bytes; one page of ring holds 4096 / 48 = 85 of them.
+/// is 40 bytes; a 4096-byte ring holds 4096 / 48 = 85 of them.
 const SAMPLE_LEN: usize = 40;
 
 fn sample_bytes(seq: u32, len: usize) -> Vec<u8> {
@@ -70,8 +70,9 @@ fn mappings_have_the_kernel_permissions() {
 fn map_type_is_checked_and_one_producer_per_map() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let user_map = kit::user_ringbuf_map(4096);
-    let kernel_map = kit::ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let user_map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
+    let kernel_map = kit::ringbuf_map(kit::ring_size_at_least(4096));
     match UserRingBuf::new(&kernel_map) {
         Err(Error::Open {
             map: MapSource::Fd(fd),
@@ -132,7 +133,7 @@ fn map_type_is_checked_and_one_producer_per_map() {
 /// Posts a raw header of `len` at position 0 with `producer_pos` (bypassing the producer),
 /// drains it in the kernel and in the model, and checks both give `errno` and consume nothing.
 fn post_invalid_sample(len: u32, producer_pos: u64, errno: i64) {
-    let size = 4096;
+    let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let raw = kit::RawUserRing::new(map.as_fd(), size);
     raw.write_header(0, len);
@@ -162,6 +163,7 @@ fn post_invalid_sample(len: u32, producer_pos: u64, errno: i64) {
 fn misaligned_producer_pos_is_einval() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The selftest's post_misaligned: a 39-byte sample published at producer_pos 47.
     post_invalid_sample(39, 39 + 8, EINVAL);
 }
@@ -170,6 +172,7 @@ fn misaligned_producer_pos_is_einval() {
 fn sample_past_producer_pos_is_einval() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The selftest's post_producer_wrong_offset: a 32-byte sample (40 bytes) with only 32
     // bytes produced.
     post_invalid_sample(32, 32, EINVAL);
@@ -179,23 +182,25 @@ fn sample_past_producer_pos_is_einval() {
 fn sample_larger_than_the_ring_is_e2big_and_refused_by_the_producer() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The selftest's post_larger_than_ringbuf_sz.
-    post_invalid_sample(4096, 4096 + 8, E2BIG);
+    let size = kit::ring_size_at_least(4096);
+    post_invalid_sample(size as u32, size as u64 + 8, E2BIG);
     // Our producer never publishes such a header.
-    let map = kit::user_ringbuf_map(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     assert_eq!(
-        ring.reserve(4096).unwrap_err(),
+        ring.reserve(size).unwrap_err(),
         ReserveError::TooLarge {
-            len: 4096,
-            max_len: 4088
+            len: size,
+            max_len: size - 8
         }
     );
     assert_eq!(
         ring.reserve(MAX_SAMPLE_LEN + 1).unwrap_err(),
         ReserveError::TooLarge {
             len: MAX_SAMPLE_LEN + 1,
-            max_len: 4088
+            max_len: size - 8
         }
     );
     assert_eq!(ring.positions().producer, 0);
@@ -206,16 +211,18 @@ fn sample_larger_than_the_ring_is_e2big_and_refused_by_the_producer() {
 fn basic_submit_and_drain() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     assert_eq!(drainer.drain(), 0);
     write_samples(&ring, 2, 0).unwrap();
-    assert_eq!(ring.free_space().unwrap(), 4096 - 2 * 48);
+    assert_eq!(ring.free_space().unwrap(), size - 2 * 48);
     assert_eq!(drainer.drain(), 2);
     let positions = ring.positions();
     assert_eq!((positions.consumer, positions.producer), (96, 96));
-    assert_eq!(ring.free_space().unwrap(), 4096);
+    assert_eq!(ring.free_space().unwrap(), size);
     assert_eq!(drainer.drain(), 0);
 }
 
@@ -270,10 +277,12 @@ impl Forward {
 fn full_size_sample_round_trips() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let mut forward = Forward::new(4096, 16384, 4088);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let mut forward = Forward::new(size, 4 * size, size as u32 - 8);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
-    let bytes = sample_bytes(9, 4088);
-    let mut sample = ring.reserve(4088).unwrap();
+    let bytes = sample_bytes(9, size - 8);
+    let mut sample = ring.reserve(size - 8).unwrap();
     sample.copy_from_slice(&bytes);
     sample.submit();
     assert_eq!(ring.free_space().unwrap(), 0);
@@ -287,14 +296,19 @@ fn full_size_sample_round_trips() {
     let (drained, out) = forward.drain();
     assert_eq!(drained, 1);
     assert_eq!(out, [bytes]);
-    assert_eq!(ring.free_space().unwrap(), 4096);
+    assert_eq!(ring.free_space().unwrap(), size);
 }
 
 #[test]
 fn odd_sizes_are_aligned_and_arrive_intact() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let mut forward = Forward::new(4096, 16384, 256);
+    require_feature!(kit::callbacks_missing());
+    let mut forward = Forward::new(
+        kit::ring_size_at_least(4096),
+        kit::ring_size_at_least(16384),
+        256,
+    );
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let mut expected = Vec::new();
     let mut position = 0;
@@ -319,9 +333,11 @@ fn odd_sizes_are_aligned_and_arrive_intact() {
 fn overfill_is_refused_and_corrupts_nothing() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let mut forward = Forward::new(4096, 16384, SAMPLE_LEN as u32);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let mut forward = Forward::new(size, 4 * size, SAMPLE_LEN as u32);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
-    let max_entries = 4096 / 48;
+    let max_entries = size / 48;
     // The selftest's overfill: write five rings' worth.
     let mut written = 0;
     let error = loop {
@@ -336,7 +352,7 @@ fn overfill_is_refused_and_corrupts_nothing() {
         error,
         ReserveError::NoSpace {
             needed: 48,
-            available: 4096 - max_entries * 48
+            available: size - max_entries * 48
         }
     );
     let (drained, out) = forward.drain();
@@ -351,7 +367,9 @@ fn overfill_is_refused_and_corrupts_nothing() {
 fn discards_are_skipped_and_their_space_reused() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let mut discarded = 0;
@@ -372,23 +390,25 @@ fn discards_are_skipped_and_their_space_reused() {
             }
         }
     }
-    assert_eq!(discarded, 4096 / 16);
+    assert_eq!(discarded, size / 16);
     assert_eq!(drainer.drain(), 0, "discarded samples are not delivered");
     let positions = ring.positions();
-    assert_eq!(positions.consumer, 4096, "but their space is freed");
+    assert_eq!(positions.consumer, size, "but their space is freed");
     ring.reserve(8).unwrap().discard();
     assert_eq!(drainer.drain(), 0);
-    assert_eq!(ring.positions().consumer, 4096 + 16);
+    assert_eq!(ring.positions().consumer, size + 16);
 }
 
 #[test]
 fn eight_thousand_samples_in_a_loop() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
-    let max_entries = 4096 / 48;
+    let max_entries = size / 48;
     let total = 8192;
     let mut read = 0;
     let mut remaining = total;
@@ -410,6 +430,7 @@ fn eight_thousand_samples_in_a_loop() {
 fn one_drain_visits_at_most_131072_samples() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let extra = 100;
     let size = 2 << 20; // holds 131072 + extra empty samples of 8 bytes
     let map = kit::user_ringbuf_map(size);
@@ -441,14 +462,16 @@ fn one_drain_visits_at_most_131072_samples() {
 fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
     let mut written = 0;
     while ring.reserve(8).map(|token| token.submit()).is_ok() {
         written += 1;
     }
-    assert_eq!(written, 4096 / 16);
+    assert_eq!(written, size as i64 / 16);
 
     let timeout = Duration::from_millis(200);
     let started = Instant::now();
@@ -462,7 +485,7 @@ fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
     assert!(started.elapsed() >= timeout, "returned before the timeout");
     // A sample that can never fit fails at once instead of waiting.
     assert!(matches!(
-        ring.reserve_timeout(4096, None),
+        ring.reserve_timeout(size, None),
         Err(Error::Reserve(ReserveError::TooLarge { .. }))
     ));
 
@@ -488,7 +511,9 @@ fn reserve_with_timeout_times_out_then_succeeds_after_a_drain() {
 fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     let silent = kit::user_ringbuf_drain(map.as_fd(), kit::NO_WAKEUP);
     while ring.reserve(8).map(|token| token.submit()).is_ok() {}
@@ -510,7 +535,7 @@ fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
         started.elapsed() >= timeout,
         "BPF_RB_NO_WAKEUP must not wake the producer"
     );
-    assert_eq!(kick.join().unwrap(), 4096 / 16);
+    assert_eq!(kick.join().unwrap(), size as i64 / 16);
     assert_eq!(ring.wait_stats().wakeups, before.wakeups);
     token.submit();
 }
@@ -519,7 +544,12 @@ fn a_no_wakeup_drain_frees_space_silently_and_the_timeout_still_finds_it() {
 fn a_held_reservation_holds_back_later_samples_until_committed() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let mut forward = Forward::new(4096, 16384, 64);
+    require_feature!(kit::callbacks_missing());
+    let mut forward = Forward::new(
+        kit::ring_size_at_least(4096),
+        kit::ring_size_at_least(16384),
+        64,
+    );
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let mut first = ring.reserve(10).unwrap();
     let mut second = ring.reserve(20).unwrap();
@@ -549,7 +579,8 @@ fn a_held_reservation_holds_back_later_samples_until_committed() {
 fn opens_from_a_pinned_path() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let map = kit::user_ringbuf_map(kit::ring_size_at_least(4096));
     // A private BPF filesystem, so the test neither needs nor touches /sys/fs/bpf.
     let bpffs = kit::PrivateBpffs::new().expect("mount a private bpffs");
     let pin = bpffs.path().join("user_ring");
@@ -587,7 +618,8 @@ fn opens_from_a_pinned_path() {
 fn round_trip_random_sizes_across_wraparound() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let user_size = 16384;
+    require_feature!(kit::callbacks_missing());
+    let user_size = kit::ring_size_at_least(16384);
     let max_len = 3000;
     let mut forward = Forward::new(user_size, 4 * user_size, max_len as u32);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
@@ -664,9 +696,10 @@ fn round_trip_random_sizes_across_wraparound() {
 fn kernel_and_model_drain_the_same_sequence_alike() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     // The same operations on a real map and on the heap model: positions, results and the
     // payloads must agree at every step.
-    let size = 4096;
+    let size = kit::ring_size_at_least(4096);
     let mut forward = Forward::new(size, 4 * size, 600);
     let ring = UserRingBuf::new(&forward.user_map).unwrap();
     let (model, drain) = HeapRing::new(size).unwrap().split_user();
@@ -698,7 +731,9 @@ fn kernel_and_model_drain_the_same_sequence_alike() {
 fn wakeups_follow_the_drain_flags_when_nothing_is_drained() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let map = kit::user_ringbuf_map(4096);
+    require_feature!(kit::callbacks_missing());
+    let size = kit::ring_size_at_least(4096);
+    let map = kit::user_ringbuf_map(size);
     let ring = UserRingBuf::new(&map).unwrap();
     // A BUSY head: drains visit no sample. 64 bytes stay free: the fd is writable (the
     // kernel's poll wants any free byte), but a 100-byte sample (112 bytes) does not fit.
@@ -749,5 +784,5 @@ fn wakeups_follow_the_drain_flags_when_nothing_is_drained() {
     }
     head.submit();
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
-    assert_eq!(drainer.drain(), (4096 - 64) / 16);
+    assert_eq!(drainer.drain(), (size as i64 - 64) / 16);
 }

@@ -27,7 +27,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 pub struct Insn {
     /// Opcode: class | size/op | mode/source (see [`code`]).
     pub code: u8,
-    /// Registers: destination in the low nibble, source in the high nibble.
+    /// Registers, as the C bitfields `dst_reg:4, src_reg:4` lay them out: on little-endian
+    /// machines the destination is the low nibble and the source the high one; on big-endian
+    /// machines (s390x, powerpc64) the other way round. Use [`Insn::new`], [`Insn::dst`] and
+    /// [`Insn::src`] rather than this byte.
     pub regs: u8,
     /// Signed offset (jumps: in instructions, relative to the next one; memory: in bytes).
     pub off: i16,
@@ -43,12 +46,24 @@ const _: () = {
     assert!(memoffset::offset_of!(Insn, imm) == 4);
 };
 
+// `__u8 dst_reg:4; __u8 src_reg:4;`: C compilers allocate bitfields from the least significant
+// bit on little-endian targets and from the most significant bit on big-endian ones, and the
+// kernel reads the byte as its own compiler laid it out.
+#[cfg(target_endian = "little")]
+const DST_SHIFT: u8 = 0;
+#[cfg(target_endian = "little")]
+const SRC_SHIFT: u8 = 4;
+#[cfg(target_endian = "big")]
+const DST_SHIFT: u8 = 4;
+#[cfg(target_endian = "big")]
+const SRC_SHIFT: u8 = 0;
+
 impl Insn {
     /// An instruction from its fields.
     pub const fn new(code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> Insn {
         Insn {
             code,
-            regs: (src.0 << 4) | (dst.0 & 0x0f),
+            regs: ((src.0 & 0x0f) << SRC_SHIFT) | ((dst.0 & 0x0f) << DST_SHIFT),
             off,
             imm,
         }
@@ -56,12 +71,12 @@ impl Insn {
 
     /// The destination register.
     pub const fn dst(&self) -> Reg {
-        Reg(self.regs & 0x0f)
+        Reg((self.regs >> DST_SHIFT) & 0x0f)
     }
 
     /// The source register (or pseudo source, e.g. `BPF_PSEUDO_MAP_FD`).
     pub const fn src(&self) -> Reg {
-        Reg(self.regs >> 4)
+        Reg((self.regs >> SRC_SHIFT) & 0x0f)
     }
 
     /// The instruction as the 8 bytes the kernel reads (little-endian fields on little-endian

@@ -1,26 +1,44 @@
 //! The raw `bpf(2)` system call.
 //!
 //! rustix does not wrap `bpf(2)` and has no generic raw-syscall entry point, so this module issues
-//! the system call itself with inline assembly. It is the only place in the crate that does.
+//! the system call itself. It is the only place in the crate that does.
+//!
+//! - x86_64, aarch64, riscv64: inline assembly (stable on these since Rust 1.59, below the MSRV).
+//! - powerpc64 (big- and little-endian) and s390x: the C library's `syscall()` through the `libc`
+//!   crate. Inline assembly for these architectures became stable only after the crate's MSRV
+//!   (s390x in Rust 1.84, PowerPC later still), and rustix itself goes through libc there (its
+//!   raw-syscall backend needs an opt-in cfg on these architectures), so libc is linked anyway.
+//!   `syscall()` also hides powerpc's error convention (a positive errno in r3 with CR0.SO set),
+//!   which a hand-written arm would have to decode. The system-call *number* stays ours, from the
+//!   kernel's table, as for the other architectures.
 
 use rustix::io::Errno;
 
 use crate::Command;
 
-/// `__NR_bpf` for the target architecture (`arch/*/include/uapi/asm/unistd*.h`, or the generic
-/// `include/uapi/asm-generic/unistd.h` table used by aarch64 and riscv64).
+/// `__NR_bpf` for the target architecture: `arch/x86/entry/syscalls/syscall_64.tbl` (x86_64),
+/// the generic `include/uapi/asm-generic/unistd.h` table (aarch64, riscv64),
+/// `arch/powerpc/kernel/syscalls/syscall.tbl` (powerpc64, `common`) and
+/// `arch/s390/kernel/syscalls/syscall.tbl` (s390x, `common`).
 #[cfg(target_arch = "x86_64")]
 const SYS_BPF: usize = 321;
 #[cfg(any(target_arch = "aarch64", target_arch = "riscv64"))]
 const SYS_BPF: usize = 280;
+#[cfg(target_arch = "powerpc64")]
+const SYS_BPF: usize = 361;
+#[cfg(target_arch = "s390x")]
+const SYS_BPF: usize = 351;
 
 #[cfg(not(any(
     target_arch = "x86_64",
     target_arch = "aarch64",
-    target_arch = "riscv64"
+    target_arch = "riscv64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
 )))]
 compile_error!(
-    "bpf-ringbuf-sys: the bpf(2) system call is only wired up for x86_64, aarch64 and riscv64"
+    "bpf-ringbuf-sys: the bpf(2) system call is only wired up for x86_64, aarch64, riscv64, \
+     powerpc64 and s390x"
 );
 
 /// Issues `bpf(command, attr, size_of::<T>())`.
@@ -125,6 +143,34 @@ unsafe fn raw_syscall3(number: usize, arg0: usize, arg1: usize, arg2: usize) -> 
         );
     }
     ret
+}
+
+/// A three-argument system call. Returns the raw kernel return value (`-errno` on failure, as
+/// the other arms).
+///
+/// # Safety
+///
+/// The caller must uphold the contract of system call `number` with these arguments.
+#[cfg(any(target_arch = "powerpc64", target_arch = "s390x"))]
+#[inline]
+unsafe fn raw_syscall3(number: usize, arg0: usize, arg1: usize, arg2: usize) -> isize {
+    // `syscall(long number, ...)`: on these 64-bit targets `c_long` and `usize` are both 64
+    // bits, so each argument reaches its register unchanged.
+    const _: () = assert!(core::mem::size_of::<libc::c_long>() == core::mem::size_of::<usize>());
+    // SAFETY: libc's `syscall` loads the number and arguments into the registers of the
+    // architecture's system-call ABI, traps, and maps a failure to -1 with errno set; it
+    // touches no memory but errno. The caller upholds the contract of the call itself.
+    let ret = unsafe { libc::syscall(number as libc::c_long, arg0, arg1, arg2) };
+    if ret == -1 {
+        // errno is thread-local and was set by this call (syscall() returns -1 only on
+        // failure for bpf(2), whose successful results are non-negative).
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        -(errno as isize)
+    } else {
+        ret as isize
+    }
 }
 
 /// Wraps a file descriptor the kernel just returned from a creating command.

@@ -146,9 +146,67 @@ pub fn user_ringbuf_missing() -> Option<String> {
     ring_flags_missing(MapType::USER_RINGBUF, MapFlags::empty(), (6, 1))
 }
 
+/// `None` when the kernel verifies BPF programs that pass a callback to a helper
+/// (`bpf_loop`, `bpf_user_ringbuf_drain`); otherwise why not. The verifier accepts callbacks
+/// only in programs the JIT compiles ("callbacks are not allowed in non-JITed programs"), so
+/// on a kernel built without a BPF JIT (Debian's s390x kernels) nothing can drain a
+/// USER_RINGBUF or hold a record BUSY in `bpf_loop`, and tests that need either skip. A kernel
+/// that has a JIT (`/proc/sys/net/core/bpf_jit_enable` exists) and refuses the probe fails it
+/// under `BPF_RINGBUF_REQUIRE_KERNEL=1`; any other error panics (tests call
+/// [`require_kernel!`] first).
+pub fn callbacks_missing() -> Option<String> {
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(probe_callbacks).clone()
+}
+
+fn probe_callbacks() -> Option<String> {
+    let mut p = Program::new();
+    p.push(insn::mov64_imm(R1, 1))
+        .ld_pseudo_func_label(R2, "callback")
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::mov64_imm(R4, 0))
+        .push(insn::call_helper(helper::LOOP))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("callback")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    let callback = p.label_index("callback").expect("callback label") as u32;
+    let (btf, func_info) = btf_main_and_callback(callback);
+    let error = match load_xdp(&p, Some((&btf, &func_info))) {
+        Ok(_) => return None,
+        Err(error) => error,
+    };
+    let refused_without_jit = error.errno() == Errno::INVAL
+        && error
+            .log()
+            .is_some_and(|log| log.contains("callbacks are not allowed in non-JITed programs"));
+    assert!(refused_without_jit, "probing BPF callbacks: {error}");
+    let has_jit = std::path::Path::new("/proc/sys/net/core/bpf_jit_enable").exists();
+    let required = std::env::var("BPF_RINGBUF_REQUIRE_KERNEL").is_ok_and(|v| v == "1");
+    let release = kernel_release();
+    assert!(
+        !(required && has_jit),
+        "Linux {release} has a BPF JIT but refuses a bpf_loop callback: {error}"
+    );
+    Some(format!(
+        "Linux {release} ({}) has no BPF JIT, and the verifier allows callbacks \
+         (bpf_loop, bpf_user_ringbuf_drain) only in JIT-compiled programs",
+        std::env::consts::ARCH
+    ))
+}
+
 /// The system page size.
 pub fn page_size() -> usize {
     bpf_ringbuf_sys::page_size()
+}
+
+/// The smallest data area of a ring map (`max_entries` of a RINGBUF or USER_RINGBUF) that
+/// holds at least `min_bytes`: a power of two and a multiple of the page size, as the kernel
+/// requires. Tests size kernel rings with it, so they run unchanged on 4 KiB, 16 KiB and
+/// 64 KiB pages; `ring_size_at_least(4096)` is 4096 on 4 KiB pages and one page otherwise.
+pub fn ring_size_at_least(min_bytes: usize) -> usize {
+    min_bytes.next_power_of_two().max(page_size())
 }
 
 /// A new `BPF_MAP_TYPE_RINGBUF` map with a `size`-byte data area.
@@ -515,15 +573,18 @@ impl Producer {
     }
 }
 
-/// Largest payload a [`VariableOutput`] emits.
-pub const VARIABLE_OUTPUT_MAX: usize = 4096;
+/// Largest payload a [`VariableOutput`] emits: one page, and at least 4096 bytes, so a
+/// record can fill a one-page ring on any page size.
+pub fn variable_output_max() -> usize {
+    page_size().max(4096)
+}
 
 /// `retval` of a [`VariableOutput`] run whose `bpf_ringbuf_output` failed (ring full).
 pub const XDP_DROP: u32 = 1;
 
 /// A `bpf_ringbuf_output` producer whose length, flags and payload are set from user space
 /// between runs (in an array map the program reads), so one loaded program emits records
-/// of any size from 0 to [`VARIABLE_OUTPUT_MAX`].
+/// of any size from 0 to [`variable_output_max`].
 ///
 /// Control value layout: `u32 len`, `u32` unused, `u64 flags`, then the payload bytes.
 pub struct VariableOutput {
@@ -536,8 +597,8 @@ const VARIABLE_OUTPUT_HEADER: usize = 16;
 impl VariableOutput {
     /// Sets the next records' payload and commit flags.
     pub fn set(&self, payload: &[u8], flags: u64) {
-        assert!(payload.len() <= VARIABLE_OUTPUT_MAX);
-        let mut value = vec![0u8; VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX];
+        assert!(payload.len() <= variable_output_max());
+        let mut value = vec![0u8; VARIABLE_OUTPUT_HEADER + variable_output_max()];
         value[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
         value[8..16].copy_from_slice(&flags.to_ne_bytes());
         value[VARIABLE_OUTPUT_HEADER..][..payload.len()].copy_from_slice(payload);
@@ -569,12 +630,12 @@ impl VariableOutput {
 
 /// A [`VariableOutput`] for `ring`.
 pub fn variable_output(ring: BorrowedFd<'_>) -> VariableOutput {
-    let control = array_map((VARIABLE_OUTPUT_HEADER + VARIABLE_OUTPUT_MAX) as u32);
+    let control = array_map((VARIABLE_OUTPUT_HEADER + variable_output_max()) as u32);
     let mut p = Program::new();
     p.extend(insn::ld_map_value(R6, control.as_fd(), 0))
         .push(insn::ldx_mem(MemSize::W, R3, R6, 0))
         // Bounds the length for the verifier (and refuses a bad control value).
-        .jmp_imm_label(JmpOp::JGT, R3, VARIABLE_OUTPUT_MAX as i32, "fail")
+        .jmp_imm_label(JmpOp::JGT, R3, variable_output_max() as i32, "fail")
         .push(insn::ldx_mem(MemSize::DW, R4, R6, 8))
         .push(insn::mov64_reg(R2, R6))
         .push(insn::alu64_imm(
