@@ -71,7 +71,7 @@
 //!   pairs with.
 //! - [`guide::design`]: how the crate is built and where its guarantees end.
 //! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
-//!   already hold; the stability promise and MSRV (Rust 1.81).
+//!   already hold; the stability promise and MSRV.
 //!
 //! # Crate features
 //!
@@ -82,12 +82,24 @@
 //!   heap-backed [`model`] of a ring and of the kernel's producer.
 //!
 //! With `default-features = false` the crate has no dependencies and builds for `no_std`
-//! targets.
+//! targets. (`loom` is not for users: it brings the dependency of the crate's own loom models,
+//! and does nothing without `--cfg bpf_ringbuf_loom`.)
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.81 without features, with `alloc` and with `std` (the default). The `tokio` feature
+//! needs Rust 1.85 with tokio 1.54 (what a fresh lockfile picks), or 1.81 with tokio held at
+//! 1.53. CI checks each.
 
 #![no_std]
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The loom build needs both the cfg (which switches the atomics) and the feature (which brings
+// the dependency); see `sync` and docs/verification.md.
+#[cfg(all(bpf_ringbuf_loom, not(feature = "loom")))]
+compile_error!("`--cfg bpf_ringbuf_loom` needs `--features loom` (the loom dependency)");
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
