@@ -65,6 +65,45 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # From aya, libbpf-rs and other loaders
+//!
+//! The front end takes the map fd of whatever loaded the program (`impl AsFd`, duplicated).
+//! [`guide::ecosystem`] has the exact code, compiled with examples that CI runs against the
+//! kernel: from aya, match `Map::RingBuf(events)` and pass `events.fd()` (and load with
+//! `EbpfLoader::allow_unsupported_maps()` when the object has a USER_RINGBUF); from
+//! libbpf-rs, pass `&map`. A reader the library opens itself on the same map (aya's or
+//! libbpf's own ring buffer types) is a second consumer this crate cannot see: do not make
+//! one.
+//!
+//! # Typed records
+//!
+//! Every payload is 8-byte aligned, both ways ([`guide::protocol`], "Payload alignment"), so a
+//! `#[repr(C)]` event is read in place with bytemuck or zerocopy, which check its size and
+//! alignment:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bpf_ringbuf::RingBuf;
+//! use bytemuck::{Pod, Zeroable};
+//!
+//! #[repr(C)]
+//! #[derive(Clone, Copy, Pod, Zeroable)]
+//! struct Event {
+//!     pid: u32,
+//!     tid: u32,
+//!     ktime_ns: u64,
+//!     comm: [u8; 16],
+//! }
+//!
+//! let mut ring = RingBuf::from_pinned("/sys/fs/bpf/events")?;
+//! ring.wait(None)?;
+//! for record in &ring.batch() {
+//!     let event: &Event = bytemuck::try_from_bytes(record?)?; // zero-copy, checked
+//!     println!("{} {:?}", event.pid, event.comm);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Guides
 //!
 //! - [`guide::protocol`]: the protocol as a specification, with the kernel code each rule
@@ -72,6 +111,7 @@
 //! - [`guide::design`]: how the crate is built and where its guarantees end.
 //! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
 //!   already hold; the stability promise and MSRV.
+//! - [`guide::ecosystem`]: the maps of aya and libbpf-rs, and typed records.
 //!
 //! # Crate features
 //!
@@ -128,6 +168,8 @@ pub mod guide {
     pub mod design {}
     #[doc = include_str!("../docs/vendoring.md")]
     pub mod vendoring {}
+    #[doc = include_str!("../docs/ecosystem.md")]
+    pub mod ecosystem {}
 }
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
