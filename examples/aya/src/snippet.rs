@@ -11,6 +11,7 @@ pub fn from_aya(object: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     use aya::EbpfLoader;
     use bpf_ringbuf::{RingBuf, UserRingBuf};
 
+    // `object`: the ELF file's bytes, 8-byte aligned (`aya::include_bytes_aligned!`).
     let mut ebpf = EbpfLoader::new()
         .allow_unsupported_maps() // aya has no USER_RINGBUF type: without this, load() fails
         .load(object)?;

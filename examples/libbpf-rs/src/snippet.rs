@@ -9,6 +9,7 @@ pub fn from_libbpf_rs(object: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     use bpf_ringbuf::{RingBuf, UserRingBuf};
     use libbpf_rs::{MapCore, ObjectBuilder};
 
+    // `object`: the ELF file's bytes (or `open_file(path)`).
     let object = ObjectBuilder::default().open_memory(object)?.load()?;
     let program = object
         .progs_mut()
