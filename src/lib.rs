@@ -75,6 +75,45 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # From aya, libbpf-rs and other loaders
+//!
+//! The front end takes the map fd of whatever loaded the program (`impl AsFd`, duplicated).
+//! [`guide::ecosystem`] has the exact code, compiled with examples that CI runs against the
+//! kernel: from aya, match `Map::RingBuf(events)` and pass `events.fd()` (and load with
+//! `EbpfLoader::allow_unsupported_maps()` when the object has a USER_RINGBUF); from
+//! libbpf-rs, pass `&map`. A reader the library opens itself on the same map (aya's or
+//! libbpf's own ring buffer types) is a second consumer this crate cannot see: do not make
+//! one.
+//!
+//! # Typed records
+//!
+//! Every payload is 8-byte aligned, both ways ([`guide::protocol`], "Payload alignment"), so a
+//! `#[repr(C)]` event is read in place with bytemuck or zerocopy, which check its size and
+//! alignment:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use bpf_ringbuf::RingBuf;
+//! use bytemuck::{Pod, Zeroable};
+//!
+//! #[repr(C)]
+//! #[derive(Clone, Copy, Pod, Zeroable)]
+//! struct Event {
+//!     pid: u32,
+//!     tid: u32,
+//!     ktime_ns: u64,
+//!     comm: [u8; 16],
+//! }
+//!
+//! let mut ring = RingBuf::from_pinned("/sys/fs/bpf/events")?;
+//! ring.wait(None)?;
+//! for record in &ring.batch() {
+//!     let event: &Event = bytemuck::try_from_bytes(record?)?; // zero-copy, checked
+//!     println!("{} {:?}", event.pid, event.comm);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Guides
 //!
 //! - [`guide::protocol`]: the protocol as a specification, with the kernel code each rule
@@ -84,7 +123,8 @@
 //!   spinning; many rings, deadlines, flush and close, async.
 //! - [`guide::user_ringbuf`]: writing to the kernel (USER_RINGBUF).
 //! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
-//!   already hold; the stability promise and MSRV (Rust 1.81).
+//!   already hold; the stability promise and MSRV.
+//! - [`guide::ecosystem`]: the maps of aya and libbpf-rs, and typed records.
 //!
 //! # Crate features
 //!
@@ -95,12 +135,24 @@
 //!   heap-backed [`model`] of a ring and of the kernel's producer.
 //!
 //! With `default-features = false` the crate has no dependencies and builds for `no_std`
-//! targets.
+//! targets. (`loom` is not for users: it brings the dependency of the crate's own loom models,
+//! and does nothing without `--cfg bpf_ringbuf_loom`.)
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.81 without features, with `alloc` and with `std` (the default). The `tokio` feature
+//! needs Rust 1.85 with tokio 1.54 (what a fresh lockfile picks), or 1.81 with tokio held at
+//! 1.53. CI checks each.
 
 #![no_std]
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The loom build needs both the cfg (which switches the atomics) and the feature (which brings
+// the dependency); see `sync` and docs/verification.md.
+#[cfg(all(bpf_ringbuf_loom, not(feature = "loom")))]
+compile_error!("`--cfg bpf_ringbuf_loom` needs `--features loom` (the loom dependency)");
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -133,6 +185,8 @@ pub mod guide {
     pub mod user_ringbuf {}
     #[doc = include_str!("../docs/vendoring.md")]
     pub mod vendoring {}
+    #[doc = include_str!("../docs/ecosystem.md")]
+    pub mod ecosystem {}
 }
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]

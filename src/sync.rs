@@ -1,10 +1,10 @@
 //! The atomics the core is built on.
 //!
-//! Normally these are `core`'s. Built with `RUSTFLAGS="--cfg bpf_ringbuf_loom"`, they are
-//! [loom](https://docs.rs/loom)'s, so the model checker explores every interleaving and
-//! weak-memory outcome of the real protocol code (see `tests/loom_*.rs` and
-//! `docs/verification.md`). The cfg is specific to this crate so that turning it on does not
-//! switch other crates in the build to loom.
+//! Normally these are `core`'s. Built with `RUSTFLAGS="--cfg bpf_ringbuf_loom"` (and the
+//! `loom` feature, which brings the dependency), they are [loom](https://docs.rs/loom)'s, so
+//! the model checker explores every interleaving and weak-memory outcome of the real protocol
+//! code (see `tests/loom_*.rs` and `docs/verification.md`). The cfg is specific to this crate
+//! so that turning it on does not switch other crates in the build to loom.
 //!
 //! Implementors of [`RingMemory`](crate::RingMemory) name the atomic types through this module,
 //! so that the same implementation compiles in both configurations.

@@ -1,7 +1,8 @@
 //! Loom model 4: a zero-copy batch publishes `consumer_pos` once, at its end, and never past
 //! a record still being read, a BUSY record, or `producer_pos`.
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_batch_commit`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_batch_commit`
 //! (see `docs/verification.md`).
 #![cfg(bpf_ringbuf_loom)]
 

@@ -8,7 +8,8 @@
 //! over a record another CPU is still writing, while a third CPU asks for a record big enough
 //! to wrap onto it.
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_hostile_consumer`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_hostile_consumer`
 //! (see `docs/verification.md`).
 #![cfg(bpf_ringbuf_loom)]
 

@@ -1,7 +1,8 @@
 //! Loom model 7: the overwrite-mode reader (`OverwriteConsumer`) copying records while the
 //! kernel producer overwrites them.
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_overwrite`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_overwrite`
 //! (see `docs/verification.md`).
 #![cfg(bpf_ringbuf_loom)]
 

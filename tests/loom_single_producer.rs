@@ -1,7 +1,8 @@
 //! Loom model 1: the consumer against one kernel producer, across the end of the data area
 //! and across the wrap of the positions at `usize::MAX`.
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_single_producer`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_single_producer`
 //! (see `docs/verification.md`).
 #![cfg(bpf_ringbuf_loom)]
 

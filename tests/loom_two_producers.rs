@@ -1,7 +1,8 @@
 //! Loom model 2: the consumer against two kernel producers (two CPUs) that commit out of
 //! order.
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_two_producers`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_two_producers`
 //! (see `docs/verification.md`).
 #![cfg(bpf_ringbuf_loom)]
 

@@ -1,7 +1,8 @@
 //! Loom models of USER_RINGBUF: the user-space `Producer` against the model of the kernel's
 //! `bpf_user_ringbuf_drain` (`KernelDrain`), in loom-tracked memory (`loom_common::LoomRing`).
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_user_ringbuf`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_user_ringbuf`
 //! (see `docs/verification.md`). Uses the loom ring of `tests/loom_common` (the loom models'
 //! shared module).
 //!

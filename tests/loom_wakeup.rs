@@ -11,7 +11,8 @@
 //! committed record is unread. Here that state is a deadlock (the consumer waits for a
 //! wakeup that never comes, the producer has finished), which loom reports.
 //!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_wakeup`
+//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
+//! --test loom_wakeup`
 //! (see `docs/verification.md`).
 #![cfg(bpf_ringbuf_loom)]
 

@@ -1,10 +1,10 @@
 //! Benchmarks of bpf-ringbuf against libbpf and aya, on real kernel rings.
 //!
 //! ```text
-//! cargo run --release -p bpf-ringbuf-bench -- all [--out docs]   # everything, docs/benchmarks tables + plot
-//! cargo run --release -p bpf-ringbuf-bench -- drain [--reps N] [--sizes 8,128,...]
-//! cargo run --release -p bpf-ringbuf-bench -- tlb | e2e | busy | user | instructions | smoke
-//! cargo run --release -p bpf-ringbuf-bench -- callgrind <impl> <size> <fill-only|fill-and-drain>
+//! cargo run --release --manifest-path benches/Cargo.toml -- all [--out docs]   # everything, docs/benchmarks tables + plot
+//! cargo run --release --manifest-path benches/Cargo.toml -- drain [--reps N] [--sizes 8,128,...]
+//! cargo run --release --manifest-path benches/Cargo.toml -- tlb | e2e | busy | user | instructions | smoke
+//! cargo run --release --manifest-path benches/Cargo.toml -- callgrind <impl> <size> <fill-only|fill-and-drain>
 //! ```
 //!
 //! Needs root (or CAP_BPF + CAP_PERFMON); `instructions` needs valgrind.

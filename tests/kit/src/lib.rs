@@ -31,6 +31,8 @@ pub const FORCE_WAKEUP: u64 = 2;
 /// `XDP_PASS`, what every producer program here returns on success.
 pub const XDP_PASS: u32 = 2;
 
+pub mod exec;
+
 const GPL: &CStr = c"GPL";
 
 /// Whether bpf(2) works here. Panics if it does not and `BPF_RINGBUF_REQUIRE_KERNEL=1`.
