@@ -131,8 +131,10 @@
 //! - `std` (default): the Linux front end; implies `alloc`.
 //! - `tokio`: `AsyncRingBuf` and `AsyncUserRingBuf`, waiting through tokio's reactor; implies
 //!   `std`.
-//! - `alloc`: owned-record helpers ([`Consumer::read_vec`], [`Consumer::read_owned`]) and the
-//!   heap-backed [`model`] of a ring and of the kernel's producer.
+//! - `alloc`: owned-record helpers ([`Consumer::read_vec`], [`Consumer::read_owned`]).
+//! - `model` (opt-in, for tests; implies `alloc`): the heap-backed `model` of a ring, of the
+//!   kernel's RINGBUF producer and of its USER_RINGBUF drain, to test code over the core
+//!   without a kernel.
 //!
 //! With `default-features = false` the crate has no dependencies and builds for `no_std`
 //! targets. (`loom` is not for users: it brings the dependency of the crate's own loom models,
@@ -165,7 +167,9 @@ pub mod error;
 pub mod geometry;
 pub mod header;
 pub mod memory;
-#[cfg(feature = "alloc")]
+// Documented whenever the docs have `alloc`, so that the guides' links to it resolve.
+#[cfg(any(feature = "model", all(doc, feature = "alloc")))]
+#[cfg_attr(docsrs, doc(cfg(feature = "model")))]
 pub mod model;
 pub mod overwrite;
 pub mod producer;

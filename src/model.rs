@@ -17,7 +17,39 @@ use crate::geometry::{distance, is_after, Geometry};
 use crate::header::{record_size, RecordHeader, HEADER_SIZE, MAX_RECORD_LEN};
 use crate::memory::{DataWord, OverwriteMemory, PositionWord, RingMemory, RingMemoryMut};
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use crate::sync::{fence_at, ordering, spin_loop, weakened, SyncPoint};
+use crate::sync::{fence_at, ordering, spin_loop, weakened, ControlPoint};
+
+/// The kernel model's synchronisation points that the loom models' negative controls can
+/// weaken (the core's own are `sync::SyncPoint`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(bpf_ringbuf_loom, doc(hidden))]
+pub enum KernelPoint {
+    /// The `xchg` of the header at commit (made `Relaxed`).
+    Commit,
+    /// The full fence after the commit `xchg` (the kernel's `xchg` is a full barrier; left out,
+    /// it is only an `AcqRel` exchange).
+    CommitFence,
+    /// The `pending_pos` check at reserve (left out).
+    PendingPos,
+    /// The payload word stores of an overwrite-mode producer, `Release` to model a TSO (x86)
+    /// writer (made `Relaxed`: a weakly ordered writer with no write barrier).
+    PayloadStoreTso,
+}
+
+impl From<KernelPoint> for ControlPoint {
+    fn from(point: KernelPoint) -> Self {
+        let name = match point {
+            KernelPoint::Commit => "KernelPoint::Commit",
+            KernelPoint::CommitFence => "KernelPoint::CommitFence",
+            KernelPoint::PendingPos => "KernelPoint::PendingPos",
+            KernelPoint::PayloadStoreTso => "KernelPoint::PayloadStoreTso",
+        };
+        ControlPoint {
+            id: 256 + point as u16,
+            name,
+        }
+    }
+}
 
 #[cfg(not(bpf_ringbuf_loom))]
 pub use heap::HeapRing;
@@ -551,7 +583,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         let producer_pos = self.memory.producer_pos().atomic().load(Ordering::Relaxed);
         let mut pending_pos = self.pending_pos.load(Ordering::Relaxed);
         // (A loom negative control leaves this walk, and the check it feeds, out.)
-        let guard_pending = !weakened(SyncPoint::KernelPendingPos);
+        let guard_pending = !weakened(KernelPoint::PendingPos);
         // `pend_pos < prod_pos` in the kernel; compared across the wrap here, so that a corrupt
         // header that jumps past producer_pos ends the walk instead of running around the ring.
         while guard_pending && is_after(producer_pos, pending_pos) {
@@ -666,7 +698,7 @@ impl<M: RingMemoryMut> KernelProducer<M> {
                 .atomic()
                 .store(
                     u32::from_ne_bytes(word),
-                    ordering(SyncPoint::KernelPayloadStoreTso, Ordering::Release),
+                    ordering(KernelPoint::PayloadStoreTso, Ordering::Release),
                 );
         }
     }
@@ -685,9 +717,9 @@ impl<M: RingMemoryMut> KernelProducer<M> {
         // the consumer_pos load below, as the kernel's xchg is.
         self.memory.header(offset).atomic().swap(
             header.raw(),
-            ordering(SyncPoint::KernelCommit, Ordering::AcqRel),
+            ordering(KernelPoint::Commit, Ordering::AcqRel),
         );
-        fence_at(SyncPoint::KernelCommitFence, Ordering::SeqCst);
+        fence_at(KernelPoint::CommitFence, Ordering::SeqCst);
         // smp_load_acquire(&rb->consumer_pos) & rb->mask, compared with the record's offset.
         let consumer_offset = self
             .geometry

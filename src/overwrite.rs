@@ -250,24 +250,19 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
     }
 
     /// Where to go on after the producer overwrote the record at `position`: `resume`, the
-    /// `overwrite_pos` found, if it is an aligned position within one ring size of
-    /// `producer_pos` (the kernel keeps it so); otherwise the ring is corrupt.
+    /// `overwrite_pos` found, if it is aligned and not more than a ring size past
+    /// `producer_pos` (a reservation moves `overwrite_pos` before it releases `producer_pos`,
+    /// never further than its own size); otherwise the ring is corrupt. A `resume` more than a
+    /// ring size *behind* `producer_pos` is only stale (the producer went on meanwhile): the next
+    /// copy finds the record there overwritten too.
     fn resume_at(&self, resume: usize) -> Result<usize, ReadError> {
         if resume % 8 != 0 {
             return Err(ReadError::MisalignedPosition { position: resume });
         }
-        // The reservation that moved overwrite_pos releases producer_pos after it: a few
-        // fresh looks find that producer_pos unless the word is corrupt (as in `window`).
-        let mut producer_pos =
+        let producer_pos =
             load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
-        for _ in 0..4 {
-            if !is_after(resume, producer_pos) {
-                break;
-            }
-            producer_pos =
-                load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
-        }
-        if is_after(resume, producer_pos) || distance(resume, producer_pos) > self.geometry.size() {
+        if is_after(resume, producer_pos) && distance(producer_pos, resume) > self.geometry.size()
+        {
             return Err(ReadError::ConsumerAhead {
                 consumer_pos: resume,
                 producer_pos,

@@ -43,7 +43,7 @@ pub(crate) fn load_acquire_u32(word: &DataWord, point: SyncPoint) -> u32 {
 }
 
 /// Hint used inside spin loops (only the model of the kernel's ring lock spins).
-#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+#[cfg_attr(not(feature = "model"), allow(dead_code))]
 #[inline]
 pub(crate) fn spin_loop() {
     #[cfg(not(bpf_ringbuf_loom))]
@@ -52,10 +52,11 @@ pub(crate) fn spin_loop() {
     loom::thread::yield_now();
 }
 
-// The negative-control switch. `SyncPoint` is public (hidden) only under the loom cfg; in normal
-// builds it is private to the crate and every point keeps its ordering.
+// The negative-control switch. `SyncPoint` and `ControlPoint` are public (hidden) only under the
+// loom cfg; in normal builds they are private to the crate and every point keeps its ordering.
 mod weaken {
-    /// A synchronisation point of the protocol that the loom models' negative controls can weaken.
+    /// A synchronisation point of the protocol core that the loom models' negative controls can
+    /// weaken. (The kernel model's own points are `model::KernelPoint`.)
     ///
     /// A model that cannot fail proves nothing: each loom model has a control that weakens one of
     /// these points (an ordering to `Relaxed`, a fence or a check left out) and expects the model
@@ -63,7 +64,6 @@ mod weaken {
     /// exists under `--cfg bpf_ringbuf_loom`; in normal builds every point keeps its ordering and
     /// this compiles to nothing.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    #[cfg_attr(not(feature = "alloc"), allow(dead_code))] // the kernel points live in `model`
     pub enum SyncPoint {
         /// The consumer's load-acquire of `producer_pos`.
         ProducerPosLoad,
@@ -76,13 +76,6 @@ mod weaken {
         /// A batch's single publish at its end: when weakened, the batch publishes
         /// `consumer_pos` past each record as it lends it (while it is still being read).
         BatchEarlyPublish,
-        /// The kernel model's `xchg` of the header at commit (made `Relaxed`).
-        KernelCommit,
-        /// The full fence after the kernel model's commit `xchg` (the kernel's `xchg` is a
-        /// full barrier; left out, it is only an `AcqRel` exchange).
-        KernelCommitFence,
-        /// The kernel model's `pending_pos` check at reserve (left out).
-        KernelPendingPos,
         /// The USER_RINGBUF producer's load-acquire of `consumer_pos` at reserve.
         UserConsumerPosLoad,
         /// The USER_RINGBUF producer's store-release of `producer_pos` at reserve.
@@ -95,21 +88,57 @@ mod weaken {
         /// The overwrite-mode reader's acquire fence between the payload copy and the
         /// re-check of `overwrite_pos` (left out).
         OverwriteFence,
-        /// The kernel model's payload word stores in `output_atomic`, `Release` to model a
-        /// TSO (x86) writer (made `Relaxed`: a weakly ordered writer with no write barrier).
-        KernelPayloadStoreTso,
+    }
+
+    /// Any point a negative control can weaken: one of the core's [`SyncPoint`]s or one of the
+    /// kernel model's points, told apart by an id (the model numbers its own from 256), with
+    /// its name for messages.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub struct ControlPoint {
+        pub(crate) id: u16,
+        pub(crate) name: &'static str,
+    }
+
+    impl From<SyncPoint> for ControlPoint {
+        fn from(point: SyncPoint) -> Self {
+            let name = match point {
+                SyncPoint::ProducerPosLoad => "ProducerPosLoad",
+                SyncPoint::HeaderLoad => "HeaderLoad",
+                SyncPoint::ConsumerPosPublish => "ConsumerPosPublish",
+                SyncPoint::SleepFence => "SleepFence",
+                SyncPoint::BatchEarlyPublish => "BatchEarlyPublish",
+                SyncPoint::UserConsumerPosLoad => "UserConsumerPosLoad",
+                SyncPoint::UserProducerPosPublish => "UserProducerPosPublish",
+                SyncPoint::UserCommit => "UserCommit",
+                SyncPoint::OverwriteRecheck => "OverwriteRecheck",
+                SyncPoint::OverwriteFence => "OverwriteFence",
+            };
+            ControlPoint {
+                id: point as u16,
+                name,
+            }
+        }
+    }
+}
+
+impl core::fmt::Debug for weaken::ControlPoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name)
     }
 }
 
 #[cfg(not(bpf_ringbuf_loom))]
-pub(crate) use weaken::SyncPoint;
+pub(crate) use weaken::{ControlPoint, SyncPoint};
 #[cfg(bpf_ringbuf_loom)]
 #[doc(hidden)]
-pub use weaken::SyncPoint;
+pub use weaken::{ControlPoint, SyncPoint};
 
 /// `required`, or `Relaxed` while a loom negative control weakens `point`.
 #[inline(always)]
-pub(crate) fn ordering(point: SyncPoint, required: atomic::Ordering) -> atomic::Ordering {
+pub(crate) fn ordering(
+    point: impl Into<ControlPoint>,
+    required: atomic::Ordering,
+) -> atomic::Ordering {
     if weakened(point) {
         atomic::Ordering::Relaxed
     } else {
@@ -119,7 +148,7 @@ pub(crate) fn ordering(point: SyncPoint, required: atomic::Ordering) -> atomic::
 
 /// `fence(ordering)`, left out while a loom negative control weakens `point`.
 #[inline(always)]
-pub(crate) fn fence_at(point: SyncPoint, ordering: atomic::Ordering) {
+pub(crate) fn fence_at(point: impl Into<ControlPoint>, ordering: atomic::Ordering) {
     if !weakened(point) {
         atomic::fence(ordering);
     }
@@ -127,10 +156,11 @@ pub(crate) fn fence_at(point: SyncPoint, ordering: atomic::Ordering) {
 
 /// Whether a loom negative control currently weakens `point` (always `false` in normal builds).
 #[inline(always)]
-pub(crate) fn weakened(point: SyncPoint) -> bool {
+pub(crate) fn weakened(point: impl Into<ControlPoint>) -> bool {
     #[cfg(bpf_ringbuf_loom)]
     {
-        WEAKENED.with(|weakened| weakened.get() == Some(point))
+        let id = point.into().id;
+        WEAKENED.with(|weakened| weakened.get() == Some(id))
     }
     #[cfg(not(bpf_ringbuf_loom))]
     {
@@ -143,19 +173,20 @@ pub(crate) fn weakened(point: SyncPoint) -> bool {
 std::thread_local! {
     // A thread-local, not a global: tests in one binary run in parallel threads, and loom runs a
     // model's threads as coroutines on the thread that called `loom::model`.
-    static WEAKENED: core::cell::Cell<Option<SyncPoint>> = const { core::cell::Cell::new(None) };
+    static WEAKENED: core::cell::Cell<Option<u16>> = const { core::cell::Cell::new(None) };
 }
 
 /// Runs `f` (a loom model) with `point` weakened; for negative controls only.
 #[cfg(bpf_ringbuf_loom)]
 #[doc(hidden)]
-pub fn with_weakened<R>(point: SyncPoint, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<SyncPoint>);
+pub fn with_weakened<R>(point: impl Into<ControlPoint>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u16>);
     impl Drop for Restore {
         fn drop(&mut self) {
             WEAKENED.with(|weakened| weakened.set(self.0));
         }
     }
-    let _restore = Restore(WEAKENED.with(|weakened| weakened.replace(Some(point))));
+    let id = point.into().id;
+    let _restore = Restore(WEAKENED.with(|weakened| weakened.replace(Some(id))));
     f()
 }

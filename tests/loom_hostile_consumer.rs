@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::header::record_size;
-use bpf_ringbuf::model::Wakeup;
-use bpf_ringbuf::sync::SyncPoint;
+use bpf_ringbuf::model::{KernelPoint, Wakeup};
 use bpf_ringbuf::Consumer;
 use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 
@@ -127,7 +126,7 @@ fn hostile_consumer_pos() {
 #[test]
 fn control_without_pending_pos() {
     expect_failure(
-        SyncPoint::KernelPendingPos,
+        KernelPoint::PendingPos,
         "two live reservations overlap",
         reservations_never_overlap,
     );

@@ -10,7 +10,7 @@ mod loom_common;
 
 use std::sync::Arc;
 
-use bpf_ringbuf::model::{KernelProducer, Wakeup};
+use bpf_ringbuf::model::{KernelPoint, KernelProducer, Wakeup};
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, RingMemory};
 use loom_common::{expect_failure, model, reached, times_reached, LoomOverwriteRing};
@@ -232,7 +232,7 @@ fn control_without_fence_before_recheck() {
 #[test]
 fn control_non_tso_writer_defeats_validation() {
     expect_failure(
-        SyncPoint::KernelPayloadStoreTso,
+        KernelPoint::PayloadStoreTso,
         "torn or stale record delivered",
         || reader_never_delivers_a_torn_record(&SAME_RESERVATION),
     );
@@ -244,9 +244,12 @@ fn control_non_tso_writer_defeats_validation() {
 /// payload stores (fence-to-fence synchronisation with the reader's acquire fence).
 #[test]
 fn non_tso_writer_lapped_is_still_caught() {
-    sync_weakened_model(SyncPoint::KernelPayloadStoreTso, &LAPPED);
+    sync_weakened_model(KernelPoint::PayloadStoreTso, &LAPPED);
 }
 
-fn sync_weakened_model(point: SyncPoint, scenario: &'static Scenario) {
+fn sync_weakened_model(
+    point: impl Into<bpf_ringbuf::sync::ControlPoint> + Copy,
+    scenario: &'static Scenario,
+) {
     bpf_ringbuf::sync::with_weakened(point, || check(scenario));
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bpf_ringbuf::sync::atomic::Ordering;
 
+use bpf_ringbuf::model::KernelPoint;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::Consumer;
 use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
@@ -120,7 +121,7 @@ fn two_producers_out_of_order_commit() {
 #[test]
 fn control_kernel_commit_relaxed() {
     expect_failure(
-        SyncPoint::KernelCommit,
+        KernelPoint::Commit,
         "Causality violation",
         records_arrive_in_reservation_order,
     );

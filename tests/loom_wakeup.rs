@@ -21,7 +21,7 @@ mod loom_common;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use bpf_ringbuf::model::Wakeup;
+use bpf_ringbuf::model::{KernelPoint, Wakeup};
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Consumer, Readiness};
 use loom::sync::Notify;
@@ -118,5 +118,5 @@ fn control_no_fence_before_sleep() {
 /// consumer's re-check misses the commit.
 #[test]
 fn control_kernel_commit_without_full_barrier() {
-    expect_failure(SyncPoint::KernelCommitFence, "deadlock", no_lost_wakeup);
+    expect_failure(KernelPoint::CommitFence, "deadlock", no_lost_wakeup);
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use bpf_ringbuf::memory::{DataWord, PositionWord};
 use bpf_ringbuf::model::{KernelProducer, Reservation, Wakeup};
 use bpf_ringbuf::sync::atomic::{AtomicU32, AtomicUsize};
-use bpf_ringbuf::sync::{with_weakened, SyncPoint};
+use bpf_ringbuf::sync::{with_weakened, ControlPoint};
 use bpf_ringbuf::{OverwriteMemory, RingMemory, RingMemoryMut};
 
 /// Preemption bound used when `LOOM_MAX_PREEMPTIONS` is not set.
@@ -396,10 +396,11 @@ where
 
 /// A negative control: runs the model with `point` weakened and requires loom to report a
 /// failure whose message contains `expected`. Returns the message.
-pub fn expect_failure<F>(point: SyncPoint, expected: &str, f: F) -> String
+pub fn expect_failure<F>(point: impl Into<ControlPoint>, expected: &str, f: F) -> String
 where
     F: Fn() + Sync + Send + 'static,
 {
+    let point: ControlPoint = point.into();
     let outcome = catch_unwind(AssertUnwindSafe(|| with_weakened(point, || model(f))));
     let payload = match outcome {
         Ok(()) => panic!(
