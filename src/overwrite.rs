@@ -261,8 +261,7 @@ impl<M: OverwriteMemory> OverwriteConsumer<M> {
         }
         let producer_pos =
             load_acquire_usize(self.memory.producer_pos(), SyncPoint::ProducerPosLoad);
-        if is_after(resume, producer_pos) && distance(producer_pos, resume) > self.geometry.size()
-        {
+        if is_after(resume, producer_pos) && distance(producer_pos, resume) > self.geometry.size() {
             return Err(ReadError::ConsumerAhead {
                 consumer_pos: resume,
                 producer_pos,
