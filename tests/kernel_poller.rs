@@ -647,6 +647,7 @@ fn a_user_ring_waiting_for_space_is_reported_writable_after_the_kernel_drains() 
 fn the_space_a_user_ring_waits_for_can_change() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let map = kit::user_ringbuf_map(size);
     let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
@@ -774,8 +775,8 @@ fn a_ring_read_directly_is_checked_by_the_next_poll() {
 fn a_moved_consumer_pos_is_reported_with_the_map_id_and_recovered_outside_the_poller() {
     require_kernel!();
     kit::pin_to_cpu(0);
-    let ring = stamped_ring(16 * 1024, 16, 0);
-    let other = stamped_ring(16 * 1024, 16, 0);
+    let ring = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
+    let other = stamped_ring(kit::ring_size_at_least(16 * 1024), 16, 0);
     let mut poller = Poller::new().unwrap();
     let id = poller.add_ring(RingBuf::new(&ring.map).unwrap()).unwrap();
     let other_id = poller.add_ring(RingBuf::new(&other.map).unwrap()).unwrap();
