@@ -80,8 +80,13 @@ pub struct Consumer<M: RingMemory> {
     stats: Stats,
 }
 
-/// What a [`Consumer`] has read: counted in plain integers while a batch runs and added up
-/// once when it ends, so the per-record cost is an increment and an add.
+/// What a [`Consumer`] has read: records counted in a register while a batch runs, the rest
+/// derived from positions or counted off the fast path, and all added up once when the batch
+/// ends, so the per-record cost is one increment.
+///
+/// Payload bytes are not counted: the caller holds every record and its length (adding them
+/// up would cost the read loop an add per record); `consumed_bytes`, the ring space read, comes
+/// free from the positions.
 ///
 /// Records lost because the ring was full never reach the ring, so they cannot be counted
 /// here: BPF programs count them themselves, and `DropCounter` (feature `std`) reads the
@@ -90,8 +95,6 @@ pub struct Consumer<M: RingMemory> {
 pub struct Stats {
     /// Committed records delivered (lent, copied or passed to a callback).
     pub records: u64,
-    /// Payload bytes of those records (headers and padding not included).
-    pub bytes: u64,
     /// Records the producer discarded (`bpf_ringbuf_discard`), skipped.
     pub discarded: u64,
     /// Ring bytes handed back to the producer: records, discarded records, headers, padding.
@@ -107,7 +110,6 @@ impl Stats {
     /// Adds another set of counters to these.
     pub fn add(&mut self, other: &Stats) {
         self.records += other.records;
-        self.bytes += other.bytes;
         self.discarded += other.discarded;
         self.consumed_bytes += other.consumed_bytes;
         self.busy_stops += other.busy_stops;
@@ -327,6 +329,78 @@ fn step_slow<M: RingMemory>(
     }
 }
 
+/// Where a batch's read stands after [`slow_next`].
+struct Slow<'m> {
+    /// What the read returns (`None` at BUSY and at the end).
+    item: Option<Result<&'m [u8], ReadError>>,
+    /// The cursor's offset and the bytes left after it.
+    offset: usize,
+    available: usize,
+    /// Discarded records skipped.
+    discarded: u64,
+    /// Why it stopped, if it did not find a record.
+    stop: Stop,
+}
+
+/// Why [`slow_next`] found no record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// It found one.
+    No,
+    /// At a BUSY record.
+    Busy,
+    /// At the end.
+    End,
+    /// At a corrupt header (the cursor stays there).
+    Corrupt,
+}
+
+/// A batch iterator's read where the fast path found no committed record: [`step_slow`], and
+/// the record past discarded ones if there is one. Out of line and on values only, so that
+/// the read loop it leaves keeps its state in registers.
+///
+/// # Safety
+///
+/// As for lending a record from a batch: `memory` is read by the batch whose cursor is at
+/// `offset` (`back` gives `available`, as [`step`] returned it) and whose end is `end`, and
+/// the batch does not publish a position past the returned record while it is borrowed.
+#[cold]
+#[inline(never)]
+unsafe fn slow_next<M: RingMemory>(
+    memory: &M,
+    at: Locator,
+    offset: usize,
+    back: (usize, usize),
+    end: usize,
+) -> Slow<'_> {
+    let (found, discarded) = step_slow(memory, at, offset, back, end);
+    let (item, offset, available, stop) = match found {
+        Step::Record(Found {
+            offset,
+            len,
+            size,
+            remaining,
+        }) => {
+            // SAFETY: `step_slow` checked `offset + 8 + len <= 2 * size`; the record is
+            // committed and the batch keeps it unpublished while it is borrowed (the
+            // caller's contract).
+            let record = unsafe { at.bytes(memory, offset + HEADER_SIZE, len) };
+            let next = offset.wrapping_add(size) & at.mask;
+            (Some(Ok(record)), next, remaining, Stop::No)
+        }
+        Step::Busy { offset, available } => (None, offset, available, Stop::Busy),
+        Step::End => (None, offset, 0, Stop::End),
+        Step::Corrupt { error, available } => (Some(Err(error)), offset, available, Stop::Corrupt),
+    };
+    Slow {
+        item,
+        offset,
+        available,
+        discarded,
+        stop,
+    }
+}
+
 /// What [`Consumer::check_before_sleep`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -385,7 +459,7 @@ impl<M: RingMemory> Consumer<M> {
     /// let mut consumer = Consumer::new(ring)?;
     /// consumer.batch().iter().for_each(drop);
     /// let stats = consumer.stats();
-    /// assert_eq!((stats.records, stats.bytes, stats.consumed_bytes), (1, 3, 16));
+    /// assert_eq!((stats.records, stats.consumed_bytes), (1, 16));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Stats {
@@ -499,7 +573,6 @@ impl<M: RingMemory> Consumer<M> {
             error: Cell::new(error),
             stopped_at_busy: Cell::new(false),
             records: Cell::new(0),
-            bytes: Cell::new(0),
             discarded: Cell::new(0),
         }
     }
@@ -604,7 +677,6 @@ impl<M: RingMemory> Consumer<M> {
                 match f(record) {
                     Ok(value) => {
                         self.stats.records += 1;
-                        self.stats.bytes += len as u64;
                         (positions.producer.wrapping_sub(remaining), Ok(Some(value)))
                     }
                     // The record stays; the discarded ones before it are consumed.
@@ -787,8 +859,6 @@ pub struct Batch<'c, M: RingMemory> {
     stopped_at_busy: Cell<bool>,
     /// Records lent so far (added to the consumer's [`Stats`] when the batch ends).
     records: Cell<u64>,
-    /// Payload bytes lent so far.
-    bytes: Cell<u64>,
     /// Discarded records skipped so far.
     discarded: Cell<u64>,
 }
@@ -802,9 +872,8 @@ impl<'c, M: RingMemory> Batch<'c, M> {
     pub fn next_record(&self) -> Option<Result<&[u8], ReadError>> {
         let available = self.available.get();
         let (next, _) = self.advance(self.offset(available), available);
-        if let Some(Ok(record)) = &next {
+        if let Some(Ok(_)) = &next {
             self.records.set(self.records.get() + 1);
-            self.bytes.set(self.bytes.get() + record.len() as u64);
         }
         next
     }
@@ -821,14 +890,20 @@ impl<'c, M: RingMemory> Batch<'c, M> {
     ) -> (Option<Result<&[u8], ReadError>>, usize) {
         let memory = &self.consumer.memory;
         let back = match step(memory, self.at, offset, available) {
-            Ok(found) => return self.lend(found),
+            Ok(found) => {
+                let (record, next) = self.lend(found);
+                return (Some(Ok(record)), next);
+            }
             Err(back) => back,
         };
         let end = self.end.get();
         let (found, discarded) = step_slow(memory, self.at, offset, back, end);
         self.discarded.set(self.discarded.get() + discarded);
         match found {
-            Step::Record(found) => self.lend(found),
+            Step::Record(found) => {
+                let (record, next) = self.lend(found);
+                (Some(Ok(record)), next)
+            }
             Step::Busy { offset, available } => {
                 self.available.set(available);
                 self.stopped_at_busy.set(true);
@@ -850,7 +925,7 @@ impl<'c, M: RingMemory> Batch<'c, M> {
     /// Lends the record `found` and moves the cursor past it; returns the record and the
     /// offset of the next one.
     #[inline(always)]
-    fn lend(&self, found: Found) -> (Option<Result<&[u8], ReadError>>, usize) {
+    fn lend(&self, found: Found) -> (&[u8], usize) {
         let Found {
             offset,
             len,
@@ -870,7 +945,7 @@ impl<'c, M: RingMemory> Batch<'c, M> {
             // A loom negative control: publish while the record is still lent.
             consumer.publish(self.end.get().wrapping_sub(remaining));
         }
-        (Some(Ok(record)), offset.wrapping_add(size) & self.at.mask)
+        (record, offset.wrapping_add(size) & self.at.mask)
     }
 
     /// The cursor's offset in the data area when `available` bytes are left: the position
@@ -889,7 +964,6 @@ impl<'c, M: RingMemory> Batch<'c, M> {
             offset: self.offset(available),
             available,
             records: 0,
-            bytes: 0,
         }
     }
 
@@ -929,7 +1003,6 @@ impl<M: RingMemory> Drop for Batch<'_, M> {
             self.consumer.publish(cursor);
             let stats = &mut self.consumer.stats;
             stats.records += self.records.get();
-            stats.bytes += self.bytes.get();
             stats.discarded += self.discarded.get();
             stats.consumed_bytes += distance(self.start, cursor) as u64;
             stats.batches += 1;
@@ -962,15 +1035,12 @@ pub struct BatchIter<'b, 'c, M: RingMemory> {
     available: usize,
     /// Records yielded, not yet added to the batch's count.
     records: u64,
-    /// Their payload bytes.
-    bytes: u64,
 }
 
 impl<M: RingMemory> Drop for BatchIter<'_, '_, M> {
     fn drop(&mut self) {
         let batch = self.batch;
         batch.records.set(batch.records.get() + self.records);
-        batch.bytes.set(batch.bytes.get() + self.bytes);
     }
 }
 
@@ -983,7 +1053,9 @@ impl<M: RingMemory> core::fmt::Debug for BatchIter<'_, '_, M> {
 impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
     type Item = Result<&'b [u8], ReadError>;
 
-    #[inline]
+    // Always inlined: it is the read loop, and a call per record would cost more than the
+    // loop's body (the compiler declines to inline it once several loops use it).
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         let batch = self.batch;
         let available = batch.available.get();
@@ -993,14 +1065,49 @@ impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
             self.available = available;
             self.offset = batch.offset(available);
         }
-        let (next, offset) = batch.advance(self.offset, available);
-        self.offset = offset;
-        self.available = batch.available.get();
-        if let Some(Ok(record)) = &next {
-            self.records += 1;
-            self.bytes += record.len() as u64;
+        // The fast path, here and not in `advance`: the compiler keeps a loop this small in
+        // registers, and the rest is out of line.
+        let memory = &batch.consumer.memory;
+        let back = match step(memory, batch.at, self.offset, available) {
+            Ok(found) => {
+                let (record, offset) = batch.lend(found);
+                self.offset = offset;
+                self.available = found.remaining;
+                self.records += 1;
+                return Some(Ok(record));
+            }
+            Err(back) => back,
+        };
+        let end = batch.end.get();
+        // SAFETY: the batch's own cursor and end; it publishes only when it ends, which the
+        // borrow of the returned record prevents.
+        let slow = unsafe { slow_next(memory, batch.at, self.offset, back, end) };
+        batch.discarded.set(batch.discarded.get() + slow.discarded);
+        self.offset = slow.offset;
+        match slow.stop {
+            Stop::No => {
+                if weakened(SyncPoint::BatchEarlyPublish) {
+                    // A loom negative control, as in `lend`.
+                    batch.consumer.publish(end.wrapping_sub(slow.available));
+                }
+                self.records += 1;
+            }
+            Stop::Busy => batch.stopped_at_busy.set(true),
+            Stop::End => {
+                batch.available.set(0);
+                self.available = 0;
+                return batch.error.take().map(Err);
+            }
+            Stop::Corrupt => {
+                batch.end.set(end.wrapping_sub(slow.available));
+                self.available = 0;
+                batch.available.set(0);
+                return slow.item;
+            }
         }
-        next
+        self.available = slow.available;
+        batch.available.set(slow.available);
+        slow.item
     }
 }
 

@@ -108,7 +108,7 @@ async fn async_reader_gets_every_record_from_producers_on_both_cpus() {
     }
     let stats = ring.stats();
     assert_eq!(stats.records, total);
-    assert_eq!(stats.bytes, total * 48);
+    assert_eq!(stats.consumed_bytes, total * 56);
     assert!(ring.wait_stats().wakeups >= 1, "{:?}", ring.wait_stats());
     assert_eq!(ring.available().unwrap(), 0);
 }

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use bpf_ringbuf::RingBuf;
+use bpf_ringbuf::{ReadError, RingBuf};
 use bpf_ringbuf_sys::rustix::mm::ProtFlags;
 use bpf_ringbuf_sys::Mapping;
 
@@ -245,10 +245,11 @@ impl Drainers {
     #[inline(never)]
     fn drain_with<W: Work>(&mut self, which: Impl, aya: Option<&mut AyaRing>) -> Drained {
         match which {
-            Impl::Batch => drain_batch::<W>(&mut self.ours),
+            Impl::Batch => drain_batch::<W>(&mut self.ours).expect("ring is not corrupt"),
             Impl::Callback => drain_callback::<W>(&mut self.ours),
             Impl::Copy => drain_copy::<W>(&mut self.ours, &mut self.copy_buf),
-            Impl::BatchMemcpy => drain_batch_memcpy::<W>(&mut self.ours, &mut self.copy_buf),
+            Impl::BatchMemcpy => drain_batch_memcpy::<W>(&mut self.ours, &mut self.copy_buf)
+                .expect("ring is not corrupt"),
             Impl::Libbpf => match W::WORKLOAD {
                 Workload::Touch => self.libbpf_touch.drain(),
                 Workload::ReadAll => self.libbpf_read_all.drain(),
@@ -260,17 +261,17 @@ impl Drainers {
     }
 }
 
-/// Ours, zero-copy batch.
+/// Ours, zero-copy batch. Errors go up with `?`, as in a function that returns them.
 #[inline(never)]
-pub fn drain_batch<W: Work>(ring: &mut RingBuf) -> Drained {
+pub fn drain_batch<W: Work>(ring: &mut RingBuf) -> Result<Drained, ReadError> {
     let mut drained = Drained::default();
     let batch = ring.batch();
     for record in &batch {
-        let record = record.expect("ring is not corrupt");
+        let record = record?;
         drained.records += 1;
         drained.checksum += W::record(record);
     }
-    drained
+    Ok(drained)
 }
 
 /// Ours, callback.
@@ -302,17 +303,20 @@ pub fn drain_copy<W: Work>(ring: &mut RingBuf, buf: &mut [u8]) -> Drained {
 
 /// Ours, zero-copy batch, each record copied into a reused buffer before the work.
 #[inline(never)]
-pub fn drain_batch_memcpy<W: Work>(ring: &mut RingBuf, buf: &mut [u8]) -> Drained {
+pub fn drain_batch_memcpy<W: Work>(
+    ring: &mut RingBuf,
+    buf: &mut [u8],
+) -> Result<Drained, ReadError> {
     let mut drained = Drained::default();
     let batch = ring.batch();
     for record in &batch {
-        let record = record.expect("ring is not corrupt");
+        let record = record?;
         let copy = &mut buf[..record.len()];
         copy.copy_from_slice(record);
         drained.records += 1;
         drained.checksum += W::record(copy);
     }
-    drained
+    Ok(drained)
 }
 
 /// libbpf's `struct ring_buffer` over the map, with a checksumming callback.

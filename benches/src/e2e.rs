@@ -135,7 +135,9 @@ fn stream(consumer: Consumer, repeat: u32, len: u32) -> Stream {
         let read = match consumer {
             Consumer::Ours => {
                 ours.wait(Some(TIMEOUT)).expect("wait");
-                drain_batch::<Touch>(&mut ours).records
+                drain_batch::<Touch>(&mut ours)
+                    .expect("ring is not corrupt")
+                    .records
             }
             Consumer::Libbpf => {
                 let before = Instant::now();
@@ -300,7 +302,9 @@ fn busy_once(consumer: Consumer, loops: u32) -> Busy {
         match consumer {
             Consumer::Ours => {
                 ours.wait(Some(Duration::from_secs(1))).expect("wait");
-                records += drain_batch::<Touch>(&mut ours).records;
+                records += drain_batch::<Touch>(&mut ours)
+                    .expect("ring is not corrupt")
+                    .records;
             }
             Consumer::Libbpf => {
                 let before = Instant::now();
