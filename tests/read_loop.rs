@@ -163,3 +163,54 @@ fn a_corrupt_header_after_discards_stops_the_batch_there() {
     assert_eq!(consumer.stats().consumed_bytes, 64);
     assert_eq!(consumer.positions().consumer, 64);
 }
+
+/// Write batches and single reservations on the model of the kernel's drain: the same
+/// samples, in order, with batches of every size the ring allows, across the wrap.
+#[test]
+fn write_batches_drain_like_reservations() {
+    use bpf_ringbuf::model::KernelDrain;
+    use bpf_ringbuf::{Producer, ReserveError};
+    use std::ops::ControlFlow;
+    let ring = Arc::new(HeapRing::starting_at(1024, usize::MAX - 511).unwrap());
+    // SAFETY: the only producer of this ring; its drain publishes only past samples it has
+    // finished reading.
+    let mut producer = unsafe { Producer::new(ring.clone()) }.unwrap();
+    let drain = KernelDrain::new(ring.clone()).unwrap();
+    let mut state = 0x1234_5679_u32;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    for round in 0..500 {
+        let mut written = Vec::new();
+        if round % 3 == 0 {
+            let len = (next() % 100) as usize;
+            if let Ok(mut reservation) = producer.reserve(len) {
+                reservation.fill(round as u8);
+                reservation.submit();
+                written.push(vec![round as u8; len]);
+            }
+        } else {
+            let mut batch = producer.batch().unwrap();
+            for i in 0..(next() % 12) {
+                let data = vec![(round + i as usize) as u8; (next() % 100) as usize];
+                match batch.push(&data) {
+                    Ok(()) => written.push(data),
+                    Err(ReserveError::NoSpace { .. }) => break,
+                    Err(error) => panic!("{error}"),
+                }
+            }
+            assert_eq!(batch.len(), written.len());
+        }
+        let mut seen = Vec::new();
+        drain
+            .drain(Wakeup::Adaptive, |sample| {
+                seen.push(sample.to_vec());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(seen, written, "round {round}");
+    }
+}
