@@ -16,7 +16,6 @@
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::ptr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,8 +46,11 @@ const PERF_EVENT_OUTPUT: u32 = 25;
 pub enum Transport {
     /// One `BPF_MAP_TYPE_RINGBUF`, read by `RingBuf::wait` and a batch.
     Ringbuf,
-    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`, read by libbpf `perf_buffer__poll`.
+    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`, read by libbpf `perf_buffer__poll` with its default
+    /// wakeup for every event.
     Perfbuf,
+    /// The same with `perf_buffer_opts.sample_period = 64`: a wakeup every 64 events.
+    Perfbuf64,
 }
 
 impl Transport {
@@ -56,6 +58,7 @@ impl Transport {
         match self {
             Transport::Ringbuf => "RINGBUF, ours (wait + batch)",
             Transport::Perfbuf => "PERF_EVENT_ARRAY, libbpf perf_buffer__poll",
+            Transport::Perfbuf64 => "PERF_EVENT_ARRAY, perf_buffer__poll, wakeup per 64 events",
         }
     }
 }
@@ -96,7 +99,7 @@ fn producer(
                 .push(insn::mov64_imm(R4, 0))
                 .push(insn::call_helper(helper::RINGBUF_OUTPUT));
         }
-        Transport::Perfbuf => {
+        Transport::Perfbuf | Transport::Perfbuf64 => {
             p.push(insn::mov64_reg(R1, R6))
                 .extend(insn::ld_map_fd(R2, target))
                 // BPF_F_CURRENT_CPU: 0xffffffff (a 32-bit move zero-extends).
@@ -172,10 +175,17 @@ unsafe extern "C" fn perf_lost(ctx: *mut c_void, _cpu: i32, count: u64) {
 }
 
 impl PerfBuffer {
-    /// `perf_buffer__new(map, pages_per_cpu, ..)` with libbpf's defaults (a wakeup per event).
-    fn new(map: BorrowedFd<'_>, pages_per_cpu: usize) -> PerfBuffer {
+    /// `perf_buffer__new(map, pages_per_cpu, ..)`, a wakeup every `wakeup` events (libbpf's
+    /// default is 1).
+    fn new(map: BorrowedFd<'_>, pages_per_cpu: usize, wakeup: u32) -> PerfBuffer {
         let seen = Box::into_raw(Box::new((Seen::default(), 0u64)));
-        // SAFETY: a valid PERF_EVENT_ARRAY fd; the callbacks' context outlives the buffer.
+        let opts = libbpf_sys::perf_buffer_opts {
+            sz: std::mem::size_of::<libbpf_sys::perf_buffer_opts>() as libbpf_sys::size_t,
+            sample_period: wakeup,
+            ..Default::default()
+        };
+        // SAFETY: a valid PERF_EVENT_ARRAY fd; the callbacks' context outlives the buffer;
+        // the options outlive the call.
         let buffer = unsafe {
             libbpf_sys::perf_buffer__new(
                 map.as_raw_fd(),
@@ -183,7 +193,7 @@ impl PerfBuffer {
                 Some(perf_sample),
                 Some(perf_lost),
                 seen.cast(),
-                ptr::null(),
+                &opts,
             )
         };
         assert!(!buffer.is_null(), "perf_buffer__new failed");
@@ -231,7 +241,7 @@ impl Setup {
     fn new(transport: Transport, bytes: usize) -> Setup {
         let target = match transport {
             Transport::Ringbuf => kit::ringbuf_map(bytes),
-            Transport::Perfbuf => map_create(&MapCreate::new(
+            Transport::Perfbuf | Transport::Perfbuf64 => map_create(&MapCreate::new(
                 MapType::PERF_EVENT_ARRAY,
                 4,
                 4,
@@ -315,8 +325,13 @@ fn stream(transport: Transport, events: u32) -> Stream {
     let pages = STREAM_MEMORY / kit::page_size() / kit::possible_cpus();
     let mut ours = (transport == Transport::Ringbuf)
         .then(|| RingBuf::new(&setup.target).expect("open RingBuf"));
-    let mut perf =
-        (transport == Transport::Perfbuf).then(|| PerfBuffer::new(setup.target.as_fd(), pages));
+    let wakeup = if transport == Transport::Perfbuf64 {
+        64
+    } else {
+        1
+    };
+    let mut perf = (transport != Transport::Ringbuf)
+        .then(|| PerfBuffer::new(setup.target.as_fd(), pages, wakeup));
     let bursts = events.div_ceil(BURST);
     let total = u64::from(bursts * BURST);
     let start = Instant::now();
@@ -386,11 +401,11 @@ fn burst_memory(transport: Transport, one_cpu: bool) -> usize {
         let pages = 1usize << shift;
         let bytes = match transport {
             Transport::Ringbuf => pages * page,
-            Transport::Perfbuf => pages * page * cpus,
+            Transport::Perfbuf | Transport::Perfbuf64 => pages * page * cpus,
         };
         let setup = Setup::new(transport, bytes.max(page));
-        let perf =
-            (transport == Transport::Perfbuf).then(|| PerfBuffer::new(setup.target.as_fd(), pages));
+        let perf = (transport != Transport::Ringbuf)
+            .then(|| PerfBuffer::new(setup.target.as_fd(), pages, 1));
         let per_cpu = BURST_EVENTS / cpus_used as u32;
         let threads: Vec<_> = (0..cpus_used)
             .map(|cpu| {
@@ -426,25 +441,27 @@ pub struct Results {
     memory: Vec<(Transport, bool, usize)>,
 }
 
-/// Medians of `reps` alternating streams of 2M events each, and the burst experiment.
+/// Medians of `reps` (at most 15) alternating streams of 500k events each, and the burst
+/// experiment. (libbpf's perf buffer wakes its reader for every event, ~10 µs of consumer
+/// time each: a longer stream takes minutes.)
 pub fn run(options: &Options) -> Results {
-    run_with(options, 2_000_000)
+    run_with(options, 500_000)
 }
 
 /// As [`run`], with `events` events per stream.
 pub fn run_with(options: &Options, events: u32) -> Results {
-    let transports = [Transport::Ringbuf, Transport::Perfbuf];
+    let transports = [Transport::Ringbuf, Transport::Perfbuf, Transport::Perfbuf64];
     let mut streams = transports.map(|t| (t, Vec::new())).to_vec();
     for rep in 0..options.reps.clamp(1, 15) {
-        for k in 0..2 {
-            let index = (k + rep) % 2;
+        for k in 0..transports.len() {
+            let index = (k + rep) % transports.len();
             let result = stream(streams[index].0, events);
             streams[index].1.push(result);
         }
     }
     let mut memory = Vec::new();
     for one_cpu in [false, true] {
-        for transport in transports {
+        for transport in [Transport::Ringbuf, Transport::Perfbuf] {
             memory.push((transport, one_cpu, burst_memory(transport, one_cpu)));
         }
     }
