@@ -22,13 +22,27 @@
 
 use core::cell::Cell;
 use core::ops::ControlFlow;
+use core::ptr::NonNull;
 
 use crate::error::{GeometryError, ReadError};
 use crate::geometry::{distance, Geometry, Positions, Readiness};
-use crate::header::{RecordHeader, HEADER_SIZE};
-use crate::memory::RingMemory;
+use crate::header::{record_size, RecordHeader, BUSY_BIT, DISCARD_BIT, HEADER_SIZE};
+use crate::memory::{DataWord, RingMemory};
 use crate::sync::atomic::Ordering;
-use crate::sync::{fence_at, load_acquire_u32, load_acquire_usize, ordering, weakened, SyncPoint};
+use crate::sync::{
+    fence_at, load_acquire_u32, load_acquire_usize, ordering, prefetch, weakened, SyncPoint,
+};
+
+/// How far ahead of itself the read loop prefetches, in records: with each record it reads,
+/// it prefetches the header this many records further on, as if the records between had the
+/// size of this one.
+///
+/// Each header says where the next record starts, so a reader's header loads form a chain:
+/// one cache miss at a time, unless the line is already on its way. The hardware prefetcher
+/// brings lines ahead of a reader that touches every line (a copy, a reader of small records),
+/// but not of one that touches only every second or third line, which is what a zero-copy
+/// reader of 128–320-byte records does (docs/benchmarks.md measures it).
+const PREFETCH_RECORDS: usize = 8;
 
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
@@ -67,8 +81,13 @@ pub struct Consumer<M: RingMemory> {
     stats: Stats,
 }
 
-/// What a [`Consumer`] has read: counted in plain integers while a batch runs and added up
-/// once when it ends, so the per-record cost is an increment and an add.
+/// What a [`Consumer`] has read: records counted in a register while a batch runs, the rest
+/// derived from positions or counted off the fast path, and all added up once when the batch
+/// ends, so the per-record cost is one increment.
+///
+/// Payload bytes are not counted: the caller holds every record and its length (adding them
+/// up would cost the read loop an add per record); `consumed_bytes`, the ring space read, comes
+/// free from the positions.
 ///
 /// Records lost because the ring was full never reach the ring, so they cannot be counted
 /// here: BPF programs count them themselves, and `DropCounter` (feature `std`) reads the
@@ -77,8 +96,6 @@ pub struct Consumer<M: RingMemory> {
 pub struct Stats {
     /// Committed records delivered (lent, copied or passed to a callback).
     pub records: u64,
-    /// Payload bytes of those records (headers and padding not included).
-    pub bytes: u64,
     /// Records the producer discarded (`bpf_ringbuf_discard`), skipped.
     pub discarded: u64,
     /// Ring bytes handed back to the producer: records, discarded records, headers, padding.
@@ -94,7 +111,6 @@ impl Stats {
     /// Adds another set of counters to these.
     pub fn add(&mut self, other: &Stats) {
         self.records += other.records;
-        self.bytes += other.bytes;
         self.discarded += other.discarded;
         self.consumed_bytes += other.consumed_bytes;
         self.busy_stops += other.busy_stops;
@@ -102,24 +118,293 @@ impl Stats {
     }
 }
 
-/// What one step of the read loop found at a position.
+/// What one step of the read loop found.
 enum Step {
-    /// `position == producer_pos`: nothing more to read.
+    /// `available == 0`: nothing more to read before `end`.
     End,
-    /// The record there is still reserved.
+    /// The record whose header is at `offset`, `available` bytes before the end, is still
+    /// reserved.
+    Busy { offset: usize, available: usize },
+    /// A committed record.
+    Record(Found),
+    /// The header `available` bytes before the end contradicts the positions.
+    Corrupt { error: ReadError, available: usize },
+}
+
+/// A committed record the read loop found: header at `offset`, `len` payload bytes, `size`
+/// ring bytes; the next one starts `remaining` bytes before the end.
+#[derive(Clone, Copy)]
+struct Found {
+    offset: usize,
+    len: usize,
+    size: usize,
+    remaining: usize,
+}
+
+/// How the read loop reaches headers and records: the mask, and the data area's address if
+/// the memory has one ([`RingMemory::data_ptr`]).
+///
+/// It is copied into each batch, where the compiler keeps it in registers: the loads of the
+/// memory's own fields behind `header_unchecked` and `bytes` it would have to repeat after
+/// every acquire fence, since the memory is reachable from outside the read loop.
+#[derive(Clone, Copy)]
+struct Locator {
+    mask: usize,
+    /// Always `None` under loom, whose atomics are not memory.
+    #[cfg_attr(bpf_ringbuf_loom, allow(dead_code))]
+    data: Option<NonNull<u8>>,
+}
+
+impl Locator {
+    #[inline(always)]
+    fn new<M: RingMemory>(memory: &M, geometry: Geometry) -> Self {
+        Self {
+            mask: geometry.mask(),
+            data: if cfg!(bpf_ringbuf_loom) {
+                None
+            } else {
+                memory.data_ptr()
+            },
+        }
+    }
+
+    /// The header word at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// `offset` is 8-byte aligned and below the ring size, and the geometry is `memory`'s.
+    #[inline(always)]
+    unsafe fn header<M: RingMemory>(self, memory: &M, offset: usize) -> &DataWord {
+        #[cfg(not(bpf_ringbuf_loom))]
+        if let Some(data) = self.data {
+            // SAFETY: promise 7 of `RingMemory`: `data + offset` is the header word of this
+            // 8-aligned `offset < size`, inside the `2 * size` bytes `data` is valid for,
+            // 4-byte aligned since `data` is 8-byte aligned, valid while `memory` lives (the
+            // returned borrow); header words are accessed only atomically while shared.
+            return unsafe { DataWord::from_ptr(data.as_ptr().add(offset).cast()) };
+        }
+        // SAFETY: the caller's contract is `header_unchecked`'s.
+        unsafe { memory.header_unchecked(offset) }
+    }
+
+    /// The record bytes `offset..offset + len`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RingMemory::bytes`].
+    #[inline(always)]
+    unsafe fn bytes<M: RingMemory>(self, memory: &M, offset: usize, len: usize) -> &[u8] {
+        #[cfg(not(bpf_ringbuf_loom))]
+        if let Some(data) = self.data {
+            // SAFETY: promise 7: `data + offset` starts the bytes `bytes(offset, len)` covers,
+            // inside the `2 * size` readable bytes (the caller ensures `offset + len <= 2 *
+            // size`); nobody writes them while the slice lives (the caller ensures it); the
+            // borrow of `memory` keeps them mapped.
+            return unsafe { core::slice::from_raw_parts(data.as_ptr().add(offset), len) };
+        }
+        // SAFETY: the caller's contract is `bytes`'.
+        unsafe { memory.bytes(offset, len) }
+    }
+
+    /// Prefetches the header [`PREFETCH_RECORDS`] records past the one of `record_size` bytes
+    /// at `offset`, as if they all had its size.
+    #[inline(always)]
+    fn prefetch_ahead<M: RingMemory>(self, memory: &M, offset: usize, record_size: usize) {
+        let ahead = record_size.wrapping_mul(PREFETCH_RECORDS);
+        #[cfg(not(bpf_ringbuf_loom))]
+        if let Some(data) = self.data {
+            // Not masked: within the double-mapped `2 * size` bytes whenever the ring holds
+            // more than `2 * PREFETCH_RECORDS` such records, and a hint either way
+            // (`wrapping_add` forms the address without claiming it is in bounds).
+            prefetch(data.as_ptr().wrapping_add(offset).wrapping_add(ahead));
+            return;
+        }
+        if cfg!(not(bpf_ringbuf_loom)) {
+            // Both terms are multiples of 8, so the masked offset is a valid header offset.
+            let target = offset.wrapping_add(ahead) & self.mask;
+            // SAFETY: `target` is 8-byte aligned and below the ring size.
+            let word = unsafe { memory.header_unchecked(target) };
+            prefetch((word as *const DataWord).cast());
+        }
+    }
+}
+
+/// The read loop's fast path at the record `available` bytes (at most one ring size) before
+/// the end, at `offset` in the data area (its position masked); `at` is `memory`'s: the
+/// record, if it is committed and fits, else `Err` with what [`step_slow`] needs to handle
+/// the rest (the end, BUSY, DISCARD, corruption). Inlined into every read loop.
+///
+/// The loops carry `available` down instead of recomputing it from the end position: one
+/// subtraction then both checks the record's size and gives the next `available`, and the
+/// position itself (`end - available`) is needed only to report a corrupt header
+/// (docs/benchmarks.md: instructions per record). Each case other than a committed record
+/// leaves through one branch.
+#[inline(always)]
+fn step<M: RingMemory>(
+    memory: &M,
+    at: Locator,
+    offset: usize,
+    available: usize,
+) -> Result<Found, (usize, usize)> {
+    // No test of `available == 0` first: the header at the end is a word of the ring like any
+    // other, and whatever it holds, the size check below sends the loop to `step_slow`, which
+    // reports the end.
+    // SAFETY: the caller passes an 8-byte aligned `offset` below `size` (see `Batch::offset`).
+    let header_word = unsafe { at.header(memory, offset) };
+    // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
+    // barrier: the payload the program wrote before committing is visible once we see the
+    // BUSY bit clear.
+    let raw = load_acquire_u32(header_word, SyncPoint::HeaderLoad);
+    // `step_slow` gets `available` back as the sum of the pair: the loop need not keep it
+    // once it has subtracted the record's size.
+    if raw & (BUSY_BIT | DISCARD_BIT) != 0 {
+        return Err((available, 0));
+    }
+    // No flag set: the word is the length.
+    let len = raw as usize;
+    let size = record_size(len);
+    // `available <= size` (checked when the read started, and it only shrinks), so this one
+    // check keeps the record inside the ring and before producer_pos.
+    let (remaining, overflow) = available.overflowing_sub(size);
+    if overflow {
+        return Err((remaining, size));
+    }
+    at.prefetch_ahead(memory, offset, size);
+    Ok(Found {
+        offset,
+        len,
+        size,
+        remaining,
+    })
+}
+
+/// The read loop where [`step`] returned `Err((remaining, size))` (`available` is their sum):
+/// the end, a flagged or corrupt header, and on past discarded records. Returns what it found
+/// and how many discarded records it skipped on the way. (It loads the header again; a newer
+/// value is as good as the first.)
+#[cold]
+#[inline(never)]
+fn step_slow<M: RingMemory>(
+    memory: &M,
+    at: Locator,
+    mut offset: usize,
+    (remaining, size): (usize, usize),
+    end: usize,
+) -> (Step, u64) {
+    let mut available = remaining.wrapping_add(size);
+    let mut discarded = 0;
+    loop {
+        if available == 0 {
+            return (Step::End, discarded);
+        }
+        // SAFETY: as in `step`: `offset` is 8-byte aligned and below `size`.
+        let header_word = unsafe { at.header(memory, offset) };
+        // Acquire: pairs with the xchg() in bpf_ringbuf_commit, as in `step`.
+        let header = RecordHeader::from_raw(load_acquire_u32(header_word, SyncPoint::HeaderLoad));
+        let size = header.record_size();
+        // As in `step`: every record, discarded and BUSY ones too, must lie before
+        // producer_pos. Checked before BUSY on purpose: a real reservation always fits
+        // (__bpf_ringbuf_reserve writes its length before it releases producer_pos past it),
+        // so a BUSY header that does not fit is garbage — payload bytes under a moved
+        // consumer_pos — to report, not a record to wait for.
+        let Some(remaining) = available.checked_sub(size) else {
+            let error = ReadError::RecordOutOfBounds {
+                position: end.wrapping_sub(available),
+                header: header.raw(),
+                record_size: size,
+                available,
+            };
+            return (Step::Corrupt { error, available }, discarded);
+        };
+        if header.is_busy() {
+            return (Step::Busy { offset, available }, discarded);
+        }
+        if !header.is_discarded() {
+            at.prefetch_ahead(memory, offset, size);
+            let record = Found {
+                offset,
+                len: header.len(),
+                size,
+                remaining,
+            };
+            return (Step::Record(record), discarded);
+        }
+        discarded += 1;
+        offset = offset.wrapping_add(size) & at.mask;
+        available = remaining;
+    }
+}
+
+/// Where a batch's read stands after [`slow_next`].
+struct Slow<'m> {
+    /// What the read returns (`None` at BUSY and at the end).
+    item: Option<Result<&'m [u8], ReadError>>,
+    /// The cursor's offset and the bytes left after it.
+    offset: usize,
+    available: usize,
+    /// Discarded records skipped.
+    discarded: u64,
+    /// Why it stopped, if it did not find a record.
+    stop: Stop,
+}
+
+/// Why [`slow_next`] found no record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// It found one.
+    No,
+    /// At a BUSY record.
     Busy,
-    /// A discarded record; the next one starts at `next`, `remaining` bytes before the end.
-    Discarded { next: usize, remaining: usize },
-    /// A committed record: payload at `offset..offset + len`, next record at `next`,
-    /// `remaining` bytes before the end.
-    Record {
-        offset: usize,
-        len: usize,
-        next: usize,
-        remaining: usize,
-    },
-    /// The header contradicts the positions.
-    Corrupt(ReadError),
+    /// At the end.
+    End,
+    /// At a corrupt header (the cursor stays there).
+    Corrupt,
+}
+
+/// A batch iterator's read where the fast path found no committed record: [`step_slow`], and
+/// the record past discarded ones if there is one. Out of line and on values only, so that
+/// the read loop it leaves keeps its state in registers.
+///
+/// # Safety
+///
+/// As for lending a record from a batch: `memory` is read by the batch whose cursor is at
+/// `offset` (`back` gives `available`, as [`step`] returned it) and whose end is `end`, and
+/// the batch does not publish a position past the returned record while it is borrowed.
+#[cold]
+#[inline(never)]
+unsafe fn slow_next<M: RingMemory>(
+    memory: &M,
+    at: Locator,
+    offset: usize,
+    back: (usize, usize),
+    end: usize,
+) -> Slow<'_> {
+    let (found, discarded) = step_slow(memory, at, offset, back, end);
+    let (item, offset, available, stop) = match found {
+        Step::Record(Found {
+            offset,
+            len,
+            size,
+            remaining,
+        }) => {
+            // SAFETY: `step_slow` checked `offset + 8 + len <= 2 * size`; the record is
+            // committed and the batch keeps it unpublished while it is borrowed (the
+            // caller's contract).
+            let record = unsafe { at.bytes(memory, offset + HEADER_SIZE, len) };
+            let next = offset.wrapping_add(size) & at.mask;
+            (Some(Ok(record)), next, remaining, Stop::No)
+        }
+        Step::Busy { offset, available } => (None, offset, available, Stop::Busy),
+        Step::End => (None, offset, 0, Stop::End),
+        Step::Corrupt { error, available } => (Some(Err(error)), offset, available, Stop::Corrupt),
+    };
+    Slow {
+        item,
+        offset,
+        available,
+        discarded,
+        stop,
+    }
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -199,7 +484,7 @@ impl<M: RingMemory> Consumer<M> {
     /// producer.output(b"abc", Wakeup::Adaptive).unwrap();
     /// consumer.batch().iter().for_each(drop);
     /// let stats = consumer.stats();
-    /// assert_eq!((stats.records, stats.bytes, stats.consumed_bytes), (1, 3, 16));
+    /// assert_eq!((stats.records, stats.consumed_bytes), (1, 16));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Stats {
@@ -263,58 +548,10 @@ impl<M: RingMemory> Consumer<M> {
         Ok(available)
     }
 
-    /// One step of the read loop at `position`, which is 8-byte aligned and `available`
-    /// bytes (at most one ring size) before `end`, the producer position the read started
-    /// from.
-    ///
-    /// The loops carry `available` down instead of recomputing it from `end`: one
-    /// subtraction then both checks the record's size and gives the next `available`, and
-    /// `end` is needed only to report a corrupt header (docs/benchmarks.md: instructions per
-    /// record).
+    /// Where the read loop finds headers and records in this consumer's memory.
     #[inline(always)]
-    fn step(&self, position: usize, available: usize, end: usize) -> Step {
-        if available == 0 {
-            return Step::End;
-        }
-        let offset = self.geometry.offset(position);
-        // SAFETY: `offset = position & mask` is below `size` (the geometry comes from
-        // `memory.size()`, which is constant), and 8-byte aligned: every read starts at a
-        // consumer_pos `validate` found aligned (or, when it was not, at `available == 0`,
-        // which returned above) and moves by record sizes, which are multiples of 8.
-        let header_word = unsafe { self.memory.header_unchecked(offset) };
-        // Acquire: pairs with the xchg() on hdr->len in bpf_ringbuf_commit, which is a full
-        // barrier: the payload the program wrote before committing is visible once we see the
-        // BUSY bit clear.
-        let header = RecordHeader::from_raw(load_acquire_u32(header_word, SyncPoint::HeaderLoad));
-        let record_size = header.record_size();
-        // `available <= size` (checked when the read started, and it only shrinks), so this
-        // one check keeps the record inside the ring and before producer_pos.
-        let Some(remaining) = available.checked_sub(record_size) else {
-            return Step::Corrupt(ReadError::RecordOutOfBounds {
-                position,
-                header: header.raw(),
-                record_size,
-                available: distance(position, end),
-            });
-        };
-        if header.is_busy() {
-            // Checked after the size on purpose: a real reservation always fits before
-            // producer_pos (__bpf_ringbuf_reserve writes its length before it releases
-            // producer_pos past it), so a BUSY header that does not fit is garbage — payload
-            // bytes under a moved consumer_pos — to report, not a record to wait for.
-            return Step::Busy;
-        }
-        let next = position.wrapping_add(record_size);
-        if header.is_discarded() {
-            Step::Discarded { next, remaining }
-        } else {
-            Step::Record {
-                offset: offset + HEADER_SIZE,
-                len: header.len(),
-                next,
-                remaining,
-            }
-        }
+    fn locator(&self) -> Locator {
+        Locator::new(&self.memory, self.geometry)
     }
 
     /// Publishes `position` as the new `consumer_pos`, moving on from our cursor.
@@ -322,7 +559,7 @@ impl<M: RingMemory> Consumer<M> {
     /// A compare-exchange, not a store: it publishes only if `consumer_pos` still holds our
     /// cursor, so a write by someone else while we read is not silently overwritten — the
     /// cursor moves on regardless and the next read reports the difference
-    /// ([`ReadError::ConsumerPosMoved`]).
+    /// ([`ReadError::ConsumerPosMoved`]). Once per batch, not per record.
     #[inline]
     fn publish(&mut self, position: usize) {
         // Release (on success): pairs with smp_load_acquire(&rb->consumer_pos) in
@@ -373,15 +610,14 @@ impl<M: RingMemory> Consumer<M> {
         };
         let start = self.cursor;
         Batch {
+            at: self.locator(),
             consumer: self,
             start,
-            cursor: Cell::new(start),
             end: Cell::new(end),
             available: Cell::new(available),
             error: Cell::new(error),
             stopped_at_busy: Cell::new(false),
             records: Cell::new(0),
-            bytes: Cell::new(0),
             discarded: Cell::new(0),
         }
     }
@@ -421,7 +657,6 @@ impl<M: RingMemory> Consumer<M> {
         let mut delivered = 0;
         while delivered < budget {
             let batch = self.batch();
-            let start = batch.cursor.get();
             // The iterator counts records in registers and adds them to the batch when dropped.
             let mut records = batch.iter();
             while delivered < budget {
@@ -442,53 +677,62 @@ impl<M: RingMemory> Consumer<M> {
             drop(records);
             // Another round only if this one moved and ended at producer_pos (more may have
             // been committed since); a BUSY head would stop the next one just the same.
-            if batch.cursor.get() == start || batch.stopped_at_busy.get() {
+            if batch.consumed_bytes() == 0 || batch.stopped_at_busy.get() {
                 break;
             }
         }
         Ok(delivered)
     }
 
-    /// Reads the next committed record with `f` and consumes it if `f` returns `Ok`.
+    /// Reads the next committed record with `f` and consumes it if `f` returns `Ok`. Always
+    /// inlined: in a caller's loop of copying reads, the ring's addresses then stay in
+    /// registers from one read to the next.
+    #[inline(always)]
     fn read_one<R>(
         &mut self,
         f: impl FnOnce(&[u8]) -> Result<R, ReadError>,
     ) -> Result<Option<R>, ReadError> {
         let positions = self.positions();
-        let mut available = self.validate(positions)?;
-        let mut position = positions.consumer;
-        let mut discarded = 0;
-        let mut delivered = None;
-        let result = loop {
-            match self.step(position, available, positions.producer) {
-                Step::End => break Ok(None),
-                Step::Busy => {
-                    self.stats.busy_stops += 1;
-                    break Ok(None);
-                }
-                Step::Discarded { next, remaining } => {
-                    discarded += 1;
-                    position = next;
-                    available = remaining;
-                }
-                Step::Corrupt(error) => break Err(error),
-                Step::Record {
-                    offset, len, next, ..
-                } => {
-                    // SAFETY: `step` checked `offset + len <= 2 * size` (the record lies
-                    // before producer_pos, at most one ring size ahead of an offset below
-                    // `size`). The record is committed (BUSY clear, seen with Acquire) and
-                    // lies at or after consumer_pos, so the kernel does not write it until we
-                    // publish a consumer_pos past it, which happens below, after `f` returned.
-                    let record = unsafe { self.memory.bytes(offset, len) };
-                    match f(record) {
-                        Ok(value) => {
-                            position = next;
-                            delivered = Some(len);
-                            break Ok(Some(value));
-                        }
-                        Err(error) => break Err(error),
+        let available = self.validate(positions)?;
+        let at = self.locator();
+        let offset = positions.consumer & at.mask;
+        let (found, discarded) = match step(&self.memory, at, offset, available) {
+            Ok(record) => (Step::Record(record), 0),
+            Err(back) => step_slow(&self.memory, at, offset, back, positions.producer),
+        };
+        // Where the read ends: past the discarded records skipped, and past the record if `f`
+        // takes it.
+        let (position, result) = match found {
+            Step::End => (positions.producer, Ok(None)),
+            Step::Busy { available, .. } => {
+                self.stats.busy_stops += 1;
+                (positions.producer.wrapping_sub(available), Ok(None))
+            }
+            Step::Corrupt { error, available } => {
+                (positions.producer.wrapping_sub(available), Err(error))
+            }
+            Step::Record(Found {
+                offset,
+                len,
+                size,
+                remaining,
+            }) => {
+                // SAFETY: `step` checked `offset + 8 + len <= 2 * size` (the record lies
+                // before producer_pos, at most one ring size ahead of an offset below
+                // `size`). The record is committed (BUSY clear, seen with Acquire) and lies
+                // at or after consumer_pos, so the kernel does not write it until we publish
+                // a consumer_pos past it, which happens below, after `f` returned.
+                let record = unsafe { at.bytes(&self.memory, offset + HEADER_SIZE, len) };
+                match f(record) {
+                    Ok(value) => {
+                        self.stats.records += 1;
+                        (positions.producer.wrapping_sub(remaining), Ok(Some(value)))
                     }
+                    // The record stays; the discarded ones before it are consumed.
+                    Err(error) => (
+                        positions.producer.wrapping_sub(remaining + size),
+                        Err(error),
+                    ),
                 }
             }
         };
@@ -498,10 +742,6 @@ impl<M: RingMemory> Consumer<M> {
             stats.discarded += discarded;
             stats.consumed_bytes += distance(positions.consumer, position) as u64;
             stats.batches += 1;
-            if let Some(len) = delivered {
-                stats.records += 1;
-                stats.bytes += len as u64;
-            }
         }
         result
     }
@@ -530,6 +770,7 @@ impl<M: RingMemory> Consumer<M> {
     ///
     /// [`ReadError::BufferTooSmall`] if the record does not fit (it stays in the ring), or a
     /// ring-corruption [`ReadError`].
+    #[inline]
     pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
         self.read_one(|record| {
             let capacity = buf.len();
@@ -603,7 +844,7 @@ impl<M: RingMemory> Consumer<M> {
             self.memory.header(offset),
             SyncPoint::HeaderLoad,
         ));
-        // A BUSY header that does not fit is corruption, which a read reports (see `step`).
+        // A BUSY header that does not fit is corruption, which a read reports (see `step_slow`).
         if header.is_busy() && header.record_size() <= available {
             Readiness::HeadBusy
         } else {
@@ -692,13 +933,14 @@ impl<M: RingMemory> core::fmt::Debug for Consumer<M> {
 #[must_use = "a batch reads nothing until its records are taken"]
 pub struct Batch<'c, M: RingMemory> {
     consumer: &'c mut Consumer<M>,
+    /// The consumer's [`Locator`], a copy the compiler can keep in registers.
+    at: Locator,
     /// `consumer_pos` when the batch began.
     start: usize,
-    /// Position of the next record to look at.
-    cursor: Cell<usize>,
     /// Where reading stops: `producer_pos` when the batch began, or where corruption was found.
     end: Cell<usize>,
-    /// Bytes from `cursor` to `end`.
+    /// Bytes from the next record to look at to `end`: the read cursor is `end - available`.
+    /// The one word a read moves (an iterator carries its own copy and writes it back here).
     available: Cell<usize>,
     /// A corrupt `consumer_pos` found when the batch began, reported by the first read.
     error: Cell<Option<ReadError>>,
@@ -706,8 +948,6 @@ pub struct Batch<'c, M: RingMemory> {
     stopped_at_busy: Cell<bool>,
     /// Records lent so far (added to the consumer's [`Stats`] when the batch ends).
     records: Cell<u64>,
-    /// Payload bytes lent so far.
-    bytes: Cell<u64>,
     /// Discarded records skipped so far.
     discarded: Cell<u64>,
 }
@@ -719,83 +959,115 @@ impl<'c, M: RingMemory> Batch<'c, M> {
     /// After an error the batch ends: later calls return `None`.
     #[inline]
     pub fn next_record(&self) -> Option<Result<&[u8], ReadError>> {
-        let next = self.advance();
-        if let Some(Ok(record)) = &next {
+        let available = self.available.get();
+        let (next, _) = self.advance(self.offset(available), available);
+        if let Some(Ok(_)) = &next {
             self.records.set(self.records.get() + 1);
-            self.bytes.set(self.bytes.get() + record.len() as u64);
         }
         next
     }
 
-    /// [`next_record`](Self::next_record) without counting the record in the batch's
-    /// statistics: callers count in a local variable (a register in the read loop) and add it
-    /// up once (see [`BatchIter`]).
+    /// The next committed record at or after the one at `offset`, `available` bytes before
+    /// the end (the batch's cursor, masked, and `self.available`), without counting it in the
+    /// batch's statistics: callers count in a local variable (a register in the read loop)
+    /// and add it up once (see [`BatchIter`]). Returns the offset of the record after it.
     #[inline(always)]
-    fn advance(&self) -> Option<Result<&[u8], ReadError>> {
-        let consumer = &*self.consumer;
+    fn advance(
+        &self,
+        offset: usize,
+        available: usize,
+    ) -> (Option<Result<&[u8], ReadError>>, usize) {
+        let memory = &self.consumer.memory;
+        let back = match step(memory, self.at, offset, available) {
+            Ok(found) => {
+                let (record, next) = self.lend(found);
+                return (Some(Ok(record)), next);
+            }
+            Err(back) => back,
+        };
         let end = self.end.get();
-        let mut position = self.cursor.get();
-        let mut available = self.available.get();
-        loop {
-            match consumer.step(position, available, end) {
-                Step::Record {
-                    offset,
-                    len,
-                    next,
-                    remaining,
-                } => {
-                    self.cursor.set(next);
-                    self.available.set(remaining);
-                    // SAFETY: `step` checked `offset + len <= 2 * size`. The record is
-                    // committed (BUSY clear, seen with Acquire), at or after consumer_pos and
-                    // before producer_pos, so nobody writes it until consumer_pos moves past
-                    // it. Only this batch moves consumer_pos, when it ends (`commit`/`drop`),
-                    // and ending takes the batch by value or `&mut`, which the borrow checker
-                    // forbids while the returned `&self`-borrowed slice lives.
-                    let record = unsafe { consumer.memory.bytes(offset, len) };
-                    if weakened(SyncPoint::BatchEarlyPublish) {
-                        // A loom negative control: publish while the record is still lent.
-                        consumer
-                            .memory
-                            .consumer_pos()
-                            .atomic()
-                            .store(next, Ordering::Release);
-                    }
-                    return Some(Ok(record));
-                }
-                Step::Discarded { next, remaining } => {
-                    position = next;
-                    available = remaining;
-                    self.cursor.set(next);
-                    self.available.set(remaining);
-                    self.discarded.set(self.discarded.get() + 1);
-                }
-                Step::Busy => {
-                    self.stopped_at_busy.set(true);
-                    return None;
-                }
-                Step::End => return self.error.take().map(Err),
-                Step::Corrupt(error) => {
-                    self.end.set(position);
-                    self.available.set(0);
-                    return Some(Err(error));
-                }
+        let (found, discarded) = step_slow(memory, self.at, offset, back, end);
+        self.discarded.set(self.discarded.get() + discarded);
+        match found {
+            Step::Record(found) => {
+                let (record, next) = self.lend(found);
+                (Some(Ok(record)), next)
+            }
+            Step::Busy { offset, available } => {
+                self.available.set(available);
+                self.stopped_at_busy.set(true);
+                (None, offset)
+            }
+            Step::End => {
+                self.available.set(0);
+                (self.error.take().map(Err), offset)
+            }
+            Step::Corrupt { error, available } => {
+                // Reading stops at the corrupt record: the cursor stays there.
+                self.end.set(end.wrapping_sub(available));
+                self.available.set(0);
+                (Some(Err(error)), offset)
             }
         }
     }
 
+    /// Lends the record `found` and moves the cursor past it; returns the record and the
+    /// offset of the next one.
+    #[inline(always)]
+    fn lend(&self, found: Found) -> (&[u8], usize) {
+        let Found {
+            offset,
+            len,
+            size,
+            remaining,
+        } = found;
+        self.available.set(remaining);
+        let consumer = &*self.consumer;
+        // SAFETY: `step` checked `offset + 8 + len <= 2 * size`. The record is committed (BUSY
+        // clear, seen with Acquire), at or after consumer_pos and before producer_pos, so
+        // nobody writes it until consumer_pos moves past it. Only this batch moves
+        // consumer_pos, when it ends (`commit`/`drop`), and ending takes the batch by value or
+        // `&mut`, which the borrow checker forbids while the returned `&self`-borrowed slice
+        // lives.
+        let record = unsafe { self.at.bytes(&consumer.memory, offset + HEADER_SIZE, len) };
+        if weakened(SyncPoint::BatchEarlyPublish) {
+            // A loom negative control: publish while the record is still lent.
+            consumer
+                .memory
+                .consumer_pos()
+                .atomic()
+                .store(self.end.get().wrapping_sub(remaining), Ordering::Release);
+        }
+        (record, offset.wrapping_add(size) & self.at.mask)
+    }
+
+    /// The cursor's offset in the data area when `available` bytes are left: the position
+    /// `end - available` masked, and 8-byte aligned, as the read loop needs it. (Every cursor
+    /// is, but one at a corrupt `consumer_pos`, which the batch does not read from.)
+    #[inline(always)]
+    fn offset(&self, available: usize) -> usize {
+        self.end.get().wrapping_sub(available) & self.at.mask & !7
+    }
+
     /// An iterator over the rest of the batch's records (see [`Batch::next_record`]).
     pub fn iter(&self) -> BatchIter<'_, 'c, M> {
+        let available = self.available.get();
         BatchIter {
             batch: self,
+            offset: self.offset(available),
+            available,
             records: 0,
-            bytes: 0,
         }
     }
 
     /// Bytes consumed so far by this batch (records, discarded records and headers).
     pub fn consumed_bytes(&self) -> usize {
-        distance(self.start, self.cursor.get())
+        distance(self.start, self.cursor())
+    }
+
+    /// The position of the next record to look at.
+    fn cursor(&self) -> usize {
+        self.end.get().wrapping_sub(self.available.get())
     }
 
     /// Whether the last read stopped at a record that is still BUSY (reserved).
@@ -815,7 +1087,7 @@ impl<'c, M: RingMemory> Batch<'c, M> {
 
 impl<M: RingMemory> Drop for Batch<'_, M> {
     fn drop(&mut self) {
-        let cursor = self.cursor.get();
+        let cursor = self.cursor();
         let stats = &mut self.consumer.stats;
         if self.stopped_at_busy.get() {
             stats.busy_stops += 1;
@@ -824,7 +1096,6 @@ impl<M: RingMemory> Drop for Batch<'_, M> {
             self.consumer.publish(cursor);
             let stats = &mut self.consumer.stats;
             stats.records += self.records.get();
-            stats.bytes += self.bytes.get();
             stats.discarded += self.discarded.get();
             stats.consumed_bytes += distance(self.start, cursor) as u64;
             stats.batches += 1;
@@ -836,7 +1107,7 @@ impl<M: RingMemory> core::fmt::Debug for Batch<'_, M> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Batch")
             .field("start", &self.start)
-            .field("cursor", &self.cursor.get())
+            .field("cursor", &self.cursor())
             .field("end", &self.end.get())
             .finish()
     }
@@ -844,21 +1115,25 @@ impl<M: RingMemory> core::fmt::Debug for Batch<'_, M> {
 
 /// Iterator over a [`Batch`]'s records; each borrows the batch.
 ///
-/// It counts the records it yields in its own fields and adds them to the batch's statistics
-/// when it is dropped, so the count costs a register increment per record.
+/// It carries the batch's cursor (masked) and the records it yields in its own fields, which
+/// the compiler keeps in registers, writes one word back to the batch per record (so the
+/// batch, and any other reader of it, always knows how far it got), and adds its counts to
+/// the batch when it is dropped.
 pub struct BatchIter<'b, 'c, M: RingMemory> {
     batch: &'b Batch<'c, M>,
+    /// The batch's cursor, masked: where the next record starts in the data area.
+    offset: usize,
+    /// The batch's `available` as this iterator last wrote it; if the batch's differs,
+    /// another reader of the batch moved on, and this iterator continues from there.
+    available: usize,
     /// Records yielded, not yet added to the batch's count.
     records: u64,
-    /// Their payload bytes.
-    bytes: u64,
 }
 
 impl<M: RingMemory> Drop for BatchIter<'_, '_, M> {
     fn drop(&mut self) {
         let batch = self.batch;
         batch.records.set(batch.records.get() + self.records);
-        batch.bytes.set(batch.bytes.get() + self.bytes);
     }
 }
 
@@ -871,14 +1146,66 @@ impl<M: RingMemory> core::fmt::Debug for BatchIter<'_, '_, M> {
 impl<'b, M: RingMemory> Iterator for BatchIter<'b, '_, M> {
     type Item = Result<&'b [u8], ReadError>;
 
-    #[inline]
+    // Always inlined: it is the read loop, and a call per record would cost more than the
+    // loop's body (the compiler declines to inline it once several loops use it).
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
-        let next = self.batch.advance();
-        if let Some(Ok(record)) = &next {
-            self.records += 1;
-            self.bytes += record.len() as u64;
+        let batch = self.batch;
+        let available = batch.available.get();
+        if available != self.available {
+            // `Batch::next_record` or another iterator read on (in a loop of ours alone the
+            // compiler sees the word unchanged and drops this test).
+            self.available = available;
+            self.offset = batch.offset(available);
         }
-        next
+        // The fast path, here and not in `advance`: the compiler keeps a loop this small in
+        // registers, and the rest is out of line.
+        let memory = &batch.consumer.memory;
+        let back = match step(memory, batch.at, self.offset, available) {
+            Ok(found) => {
+                let (record, offset) = batch.lend(found);
+                self.offset = offset;
+                self.available = found.remaining;
+                self.records += 1;
+                return Some(Ok(record));
+            }
+            Err(back) => back,
+        };
+        let end = batch.end.get();
+        // SAFETY: the batch's own cursor and end; it publishes only when it ends, which the
+        // borrow of the returned record prevents.
+        let slow = unsafe { slow_next(memory, batch.at, self.offset, back, end) };
+        batch.discarded.set(batch.discarded.get() + slow.discarded);
+        self.offset = slow.offset;
+        match slow.stop {
+            Stop::No => {
+                if weakened(SyncPoint::BatchEarlyPublish) {
+                    // A loom negative control, as in `lend`.
+                    batch
+                        .consumer
+                        .memory
+                        .consumer_pos()
+                        .atomic()
+                        .store(end.wrapping_sub(slow.available), Ordering::Release);
+                }
+                self.records += 1;
+            }
+            Stop::Busy => batch.stopped_at_busy.set(true),
+            Stop::End => {
+                batch.available.set(0);
+                self.available = 0;
+                return batch.error.take().map(Err);
+            }
+            Stop::Corrupt => {
+                batch.end.set(end.wrapping_sub(slow.available));
+                self.available = 0;
+                batch.available.set(0);
+                return slow.item;
+            }
+        }
+        self.available = slow.available;
+        batch.available.set(slow.available);
+        slow.item
     }
 }
 

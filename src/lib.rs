@@ -209,7 +209,7 @@ pub use header::RecordHeader;
 pub use memory::{OverwriteMemory, RingMemory, RingMemoryMut};
 pub use overwrite::{OverwriteConsumer, OverwriteStats};
 
-pub use producer::{Producer, Reservation, ReserveError};
+pub use producer::{Producer, Reservation, ReserveError, WriteBatch};
 #[cfg(not(bpf_ringbuf_loom))]
 pub use raw::RawRingMemory;
 

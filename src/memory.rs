@@ -7,6 +7,8 @@
 //! over an allocation, the loom models over loom's atomics, and a BPF library can implement it
 //! over a mapping it already holds.
 
+use core::ptr::NonNull;
+
 use crate::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
 
 /// A ring position word (`consumer_pos`, `producer_pos`, `overwrite_pos`) as the protocol
@@ -211,6 +213,13 @@ impl core::fmt::Debug for DataWord {
 ///    [`guide::design`](crate::guide::design) for what happens when a third process breaks
 ///    it.
 ///
+/// 7. **Data pointer.** If [`data_ptr`](Self::data_ptr) returns `Some(data)`, it returns the
+///    same pointer on every call; `data` is 8-byte aligned, valid for reads of `2 * size`
+///    bytes, and for every offset the core asks for, `data + offset` is where
+///    [`header`](Self::header) and [`bytes`](Self::bytes) point: the header word at an
+///    8-aligned `offset < size` is at `data + offset`, and the bytes `offset..offset + len` are
+///    at `data + offset`.
+///
 /// An implementation over a kernel map is correct when it hands out the addresses the two
 /// `mmap` calls of the map returned (offset 0 for the consumer page, offset `page_size` for
 /// the producer page, with the data area one page further) and the size is the map's
@@ -258,6 +267,21 @@ pub unsafe trait RingMemory {
     /// the returned slice lives: the protocol hands a committed record to its reader until
     /// `consumer_pos` moves past it.
     unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8];
+
+    /// The start of the data area, when it is one run of `2 * size` bytes in which
+    /// [`header`](Self::header) and [`bytes`](Self::bytes) point at `data + offset`
+    /// (promise 7 of the trait). `None`, the default, if it is not.
+    ///
+    /// With a pointer, the consumer's read loop computes the address of each header and
+    /// record itself, from a pointer it keeps in a register, instead of calling `header` and
+    /// `bytes` for every record, whose loads of the implementation's fields the compiler must
+    /// repeat after every acquire fence (docs/benchmarks.md: instructions per record). It also
+    /// prefetches ahead of itself through it. Memory this crate maps, and
+    /// [`RawRingMemory`](crate::RawRingMemory), return their pointer.
+    #[inline]
+    fn data_ptr(&self) -> Option<NonNull<u8>> {
+        None
+    }
 }
 
 /// A ring whose data area this process writes (USER_RINGBUF producers, and models of the
@@ -309,6 +333,10 @@ macro_rules! forward_ring_memory {
             unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
                 // SAFETY: the caller upholds `bytes`' contract, which is `T`'s.
                 unsafe { (**self).bytes(offset, len) }
+            }
+            #[inline]
+            fn data_ptr(&self) -> Option<NonNull<u8>> {
+                (**self).data_ptr()
             }
         }
 

@@ -341,6 +341,12 @@ mod heap {
             // while the slice lives.
             unsafe { core::slice::from_raw_parts(self.data.as_ptr().add(offset), len) }
         }
+
+        #[inline]
+        fn data_ptr(&self) -> Option<NonNull<u8>> {
+            // The allocation `header` and `bytes` address: `2 * size` bytes, 8-byte aligned.
+            Some(self.data)
+        }
     }
 
     // SAFETY: `overwrite_pos` is a field; `data_word` addresses the same allocation as

@@ -323,16 +323,18 @@ impl<M: RingMemoryMut> Producer<M> {
     /// - [`ReserveError::NoSpace`]: the ring is too full now;
     /// - [`ReserveError::CorruptPositions`], [`ReserveError::ProducerPosMoved`]: the shared
     ///   positions were written by someone else; nothing is written.
+    #[inline]
     pub fn reserve(&self, len: usize) -> Result<Reservation<'_, M>, ReserveError> {
-        let max_len = self.max_len();
-        if len > max_len {
-            return Err(ReserveError::TooLarge { len, max_len });
+        // One check for both limits on the fast path: a record that fits in the free space
+        // fits in the ring, so only the dynptr limit needs its own test.
+        if len > MAX_SAMPLE_LEN {
+            return Err(self.too_large(len));
         }
         let used = self.check_positions()?;
         let available = self.geometry.size() - used;
         let needed = record_size(len);
         if needed > available {
-            return Err(ReserveError::NoSpace { needed, available });
+            return Err(self.no_space(len, needed, available));
         }
         let producer_pos = self.producer_pos.get();
         let offset = self.geometry.offset(producer_pos);
@@ -358,6 +360,70 @@ impl<M: RingMemoryMut> Producer<M> {
             position: producer_pos,
             len,
         })
+    }
+
+    /// Starts a batch of records written one after another and published together: one
+    /// check of the positions when it starts, and one store-release of `producer_pos` when it
+    /// ends, however many records it holds.
+    ///
+    /// Each record is written committed (its final header, then its payload) beyond the
+    /// published `producer_pos`, where `bpf_user_ringbuf_drain` does not look (it reads headers
+    /// only below the `producer_pos` it loaded with acquire); publishing the new position
+    /// makes all of them visible at once, payloads included. The batch takes `&mut self`: no
+    /// [`Reservation`] is outstanding while it writes, and none can be made.
+    ///
+    /// ```
+    /// # use bpf_ringbuf::model::{HeapRing, Wakeup};
+    /// # use std::ops::ControlFlow;
+    /// let (mut producer, drain) = HeapRing::new(4096)?.split_user();
+    /// let mut batch = producer.batch()?;
+    /// batch.push(b"hello")?;
+    /// batch.reserve(5)?.copy_from_slice(b"world");
+    /// assert_eq!(batch.len(), 2);
+    /// batch.commit(); // publishes producer_pos once
+    ///
+    /// let mut samples = Vec::new();
+    /// drain.drain(Wakeup::Adaptive, |sample| {
+    ///     samples.push(sample.to_vec());
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(samples, [b"hello".to_vec(), b"world".to_vec()]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ReserveError::CorruptPositions`] or [`ReserveError::ProducerPosMoved`], as for
+    /// [`Producer::reserve`].
+    pub fn batch(&mut self) -> Result<WriteBatch<'_, M>, ReserveError> {
+        let used = self.check_positions()?;
+        let start = self.producer_pos.get();
+        Ok(WriteBatch {
+            free: self.geometry.size() - used,
+            producer: self,
+            start,
+            end: start,
+            records: 0,
+        })
+    }
+
+    /// Why `len` exceeds [`max_len`](Self::max_len).
+    #[cold]
+    fn too_large(&self, len: usize) -> ReserveError {
+        ReserveError::TooLarge {
+            len,
+            max_len: self.max_len(),
+        }
+    }
+
+    /// Why a record of `needed` ring bytes does not fit in the `available` ones.
+    #[cold]
+    fn no_space(&self, len: usize, needed: usize, available: usize) -> ReserveError {
+        if len > self.max_len() {
+            self.too_large(len)
+        } else {
+            ReserveError::NoSpace { needed, available }
+        }
     }
 
     /// Reserves a record, copies `data` into it and submits it.
@@ -408,13 +474,135 @@ impl<M: RingMemoryMut> Producer<M> {
         } else {
             RecordHeader::committed(len as u32)
         };
-        // AcqRel exchange: the Release half pairs with smp_load_acquire(hdr) in
-        // __bpf_user_ringbuf_peek, publishing the payload before the kernel sees BUSY clear
-        // (libbpf uses the same __atomic_exchange_n(..., __ATOMIC_ACQ_REL)).
-        self.memory.header(offset).atomic().swap(
+        // Release: pairs with smp_load_acquire(hdr) in __bpf_user_ringbuf_peek, publishing
+        // the payload before the kernel sees BUSY clear. A store, not libbpf's
+        // __atomic_exchange_n(..., __ATOMIC_ACQ_REL): nothing else writes the header word of a
+        // reserved record (the kernel only loads user-ring headers, and moves consumer_pos),
+        // so there is no value to exchange with and nothing to acquire; the exchange is a
+        // locked instruction that costs more than the rest of a small reservation
+        // (docs/benchmarks.md: USER_RINGBUF).
+        self.memory.header(offset).atomic().store(
             header.raw(),
-            ordering(SyncPoint::UserCommit, Ordering::AcqRel),
+            ordering(SyncPoint::UserCommit, Ordering::Release),
         );
+    }
+}
+
+/// Records written into a USER_RINGBUF and published together, from [`Producer::batch`].
+///
+/// Dropping the batch publishes what it holds, as [`commit`](Self::commit) does: every record
+/// in it is complete once [`push`](Self::push) returned, or once the slice
+/// [`reserve`](Self::reserve) lent is given back (fill all of it: the payload holds whatever
+/// the ring held there before).
+#[must_use = "a batch publishes its records when it is dropped or committed"]
+pub struct WriteBatch<'p, M: RingMemoryMut> {
+    producer: &'p mut Producer<M>,
+    /// `producer_pos` when the batch began (published).
+    start: usize,
+    /// Where the next record goes.
+    end: usize,
+    /// Bytes free from `end` on, as seen when the batch began.
+    free: usize,
+    /// Records written.
+    records: usize,
+}
+
+impl<M: RingMemoryMut> WriteBatch<'_, M> {
+    /// Appends a record of `len` payload bytes and lends its payload, to be filled before the
+    /// next call.
+    ///
+    /// # Errors
+    ///
+    /// [`ReserveError::TooLarge`], or [`ReserveError::NoSpace`] if it does not fit in the
+    /// space that was free when the batch began, less what the batch took. Nothing is
+    /// written.
+    #[inline]
+    pub fn reserve(&mut self, len: usize) -> Result<&mut [u8], ReserveError> {
+        let producer = &*self.producer;
+        if len > MAX_SAMPLE_LEN {
+            return Err(producer.too_large(len));
+        }
+        let needed = record_size(len);
+        if needed > self.free {
+            return Err(producer.no_space(len, needed, self.free));
+        }
+        let offset = producer.geometry.offset(self.end);
+        // `len <= MAX_SAMPLE_LEN < 2^24`: it fits the length bits and sets no flag.
+        let header = RecordHeader::committed(len as u32);
+        // Relaxed: past the published producer_pos, where the kernel reads no header; the
+        // store-release of producer_pos when the batch ends publishes it (and the payload).
+        // The space is free: the kernel handed it back (seen through the Acquire load of
+        // consumer_pos when the batch began).
+        producer
+            .memory
+            .header(offset)
+            .atomic()
+            .store(header.raw(), Ordering::Relaxed);
+        self.end = self.end.wrapping_add(needed);
+        self.free -= needed;
+        self.records += 1;
+        // SAFETY: the record lies inside the ring (`needed <= free <= size`, offset `< size`),
+        // so `offset + 8 + len <= 2 * size`. The space is past the published producer_pos and
+        // free (handed back by the kernel): nobody reads it until the batch publishes, and
+        // this batch, which holds the producer mutably, is its only writer; the slice
+        // borrows the batch, so it ends before the next record or the publish.
+        Ok(unsafe { producer.memory.bytes_mut(offset + HEADER_SIZE, len) })
+    }
+
+    /// Appends a record holding `data`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`reserve`](Self::reserve).
+    #[inline]
+    pub fn push(&mut self, data: &[u8]) -> Result<(), ReserveError> {
+        self.reserve(data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Whether no record was written.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes still free for this batch (a `len`-byte payload needs
+    /// [`record_size(len)`](crate::header::record_size)).
+    pub fn free_space(&self) -> usize {
+        self.free
+    }
+
+    /// Publishes the records (dropping the batch does the same).
+    pub fn commit(self) {}
+}
+
+impl<M: RingMemoryMut> Drop for WriteBatch<'_, M> {
+    fn drop(&mut self) {
+        if self.end != self.start {
+            let producer = &*self.producer;
+            // Release: pairs with smp_load_acquire(&rb->producer_pos) in
+            // __bpf_user_ringbuf_peek: the headers and payloads written above are visible
+            // before the kernel reads them.
+            producer.memory.producer_pos().atomic().store(
+                self.end,
+                ordering(SyncPoint::UserProducerPosPublish, Ordering::Release),
+            );
+            producer.producer_pos.set(self.end);
+        }
+    }
+}
+
+impl<M: RingMemoryMut> fmt::Debug for WriteBatch<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBatch")
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .field("records", &self.records)
+            .finish()
     }
 }
 

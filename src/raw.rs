@@ -217,6 +217,13 @@ unsafe impl RingMemory for RawRingMemory {
         // slice lives.
         unsafe { core::slice::from_raw_parts(self.data.as_ptr().add(offset), len) }
     }
+
+    #[inline]
+    fn data_ptr(&self) -> Option<NonNull<u8>> {
+        // The data area the caller vouched for: 8-byte aligned (checked), `2 * size` bytes,
+        // the very memory `header` and `bytes` address.
+        Some(self.data)
+    }
 }
 
 // SAFETY: as for `RingMemory`; `bytes_mut` hands out the same bytes as `bytes`, and only when

@@ -42,6 +42,54 @@ pub(crate) fn load_acquire_u32(word: &DataWord, point: SyncPoint) -> u32 {
     value
 }
 
+/// Asks the CPU to bring the cache line holding `address` closer (into L1), without reading
+/// it: a software prefetch.
+///
+/// A prefetch is a hint, not a memory access: it never faults, whatever the address, and the
+/// program cannot observe it except in time, so any address will do (the read loop forms them
+/// with `wrapping_add`, in or near the ring's data area). Through `core::arch` on x86 and
+/// x86-64 (`prefetcht0`) and as `prfm pldl1keep` on AArch64; elsewhere, under miri and under
+/// loom (whose atomics are not memory) it does nothing.
+#[inline(always)]
+pub(crate) fn prefetch(address: *const u8) {
+    #[cfg(all(target_arch = "x86_64", not(miri), not(bpf_ringbuf_loom)))]
+    // SAFETY: `_mm_prefetch` only hints the cache hierarchy: it reads nothing the program can
+    // observe and cannot fault, for any address. SSE is part of the x86-64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(all(
+        target_arch = "x86",
+        target_feature = "sse",
+        not(miri),
+        not(bpf_ringbuf_loom)
+    ))]
+    // SAFETY: as above; the cfg makes sure the target has SSE.
+    unsafe {
+        core::arch::x86::_mm_prefetch::<{ core::arch::x86::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(all(target_arch = "aarch64", not(miri), not(bpf_ringbuf_loom)))]
+    // SAFETY: `prfm` is a hint: it does not access memory architecturally, never faults (an
+    // invalid address is ignored), touches no register but its input, and no flags.
+    unsafe {
+        core::arch::asm!(
+            "prfm pldl1keep, [{address}]",
+            address = in(reg) address,
+            options(nostack, preserves_flags, readonly)
+        );
+    }
+    #[cfg(not(all(
+        any(
+            target_arch = "x86_64",
+            all(target_arch = "x86", target_feature = "sse"),
+            target_arch = "aarch64"
+        ),
+        not(miri),
+        not(bpf_ringbuf_loom)
+    )))]
+    let _ = address;
+}
+
 /// Hint used inside spin loops (only the model of the kernel's ring lock spins).
 #[cfg_attr(not(feature = "model"), allow(dead_code))]
 #[inline]

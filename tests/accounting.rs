@@ -1,5 +1,5 @@
 //! Consumer accounting (`Stats`) on the heap ring and the model of the kernel producer: every
-//! way of reading counts records, payload bytes, discarded records, consumed ring bytes,
+//! way of reading counts records, discarded records, consumed ring bytes,
 //! BUSY stops and batches.
 
 use std::ops::ControlFlow;
@@ -18,7 +18,7 @@ fn footprint(len: usize) -> u64 {
 }
 
 #[test]
-fn batch_counts_records_bytes_discards_and_consumed_space() {
+fn batch_counts_records_discards_and_consumed_space() {
     let (producer, mut consumer) = ring(4096);
     producer.output(&[1; 5], Wakeup::Adaptive).unwrap();
     let discarded = producer.reserve(12).unwrap();
@@ -34,7 +34,6 @@ fn batch_counts_records_bytes_discards_and_consumed_space() {
         stats,
         Stats {
             records: 2,
-            bytes: 5 + 17,
             discarded: 1,
             consumed_bytes: footprint(5) + footprint(12) + footprint(17),
             busy_stops: 0,
@@ -57,7 +56,7 @@ fn records_left_in_a_batch_are_not_counted() {
     batch.next_record().unwrap().unwrap();
     drop(batch);
     let stats = consumer.take_stats();
-    assert_eq!((stats.records, stats.bytes), (2, 6));
+    assert_eq!(stats.records, 2);
     assert_eq!(stats.consumed_bytes, 2 * footprint(3));
     assert_eq!(consumer.stats(), Stats::default(), "take_stats resets");
     assert_eq!(consumer.batch().iter().count(), 2);
@@ -107,7 +106,6 @@ fn consume_and_copies_count_the_same_way() {
 
     let stats = consumer.stats();
     assert_eq!(stats.records, 5);
-    assert_eq!(stats.bytes, (1 + 8 + 9 + 100 + 4) as u64);
     assert_eq!(stats.discarded, 1);
     let all: u64 =
         lens.iter().map(|&len| footprint(len)).sum::<u64>() + footprint(40) + footprint(4);
@@ -130,7 +128,6 @@ fn a_record_that_does_not_fit_is_not_counted() {
 fn stats_add_sums_every_field() {
     let one = Stats {
         records: 1,
-        bytes: 2,
         discarded: 3,
         consumed_bytes: 4,
         busy_stops: 5,
@@ -142,7 +139,6 @@ fn stats_add_sums_every_field() {
         sum,
         Stats {
             records: 2,
-            bytes: 4,
             discarded: 6,
             consumed_bytes: 8,
             busy_stops: 10,

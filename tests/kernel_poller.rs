@@ -114,7 +114,7 @@ fn two_rings_in_one_poller_one_empty_then_both_delivered() {
     );
     let stats = poller.stats();
     assert_eq!(stats.records, 6);
-    assert_eq!(stats.bytes, 6 * 32);
+    assert_eq!(stats.consumed_bytes, 6 * 40);
     assert!(
         poller.wait_stats().wakeups >= 2,
         "{:?}",

@@ -14,7 +14,8 @@
 //!   (loom reports a causality violation on the tracked payload);
 //! - a `Relaxed` load of `consumer_pos` at reserve: the producer rewrites space the drain may
 //!   still be reading (causality violation);
-//! - a `Relaxed` store of `producer_pos`: the drain sees the position without the header.
+//! - a `Relaxed` store of `producer_pos`: the drain sees the position without the header
+//!   (with a write batch, without the headers of every sample in it).
 //!
 //! Each of these four weakenings, applied by hand to `src/producer.rs`, made loom report the
 //! failure named above. The last three run as negative controls below, through
@@ -179,5 +180,55 @@ fn control_user_producer_pos_publish_relaxed() {
         SyncPoint::UserProducerPosPublish,
         "never produced",
         drain_sees_every_submitted_sample_once_in_order,
+    );
+}
+
+/// Write batches: two samples written committed past `producer_pos` and published with one
+/// store-release (the second one's payload wraps the end of the data area; together they fill
+/// the ring), then a batch that needs their space back. The drain must see each batch whole or
+/// not at all, bytes included.
+fn batches_publish_whole_samples() {
+    let ring = Arc::new(LoomRing::starting_at(RING_SIZE, START));
+    let expected = vec![payload(0, 4), payload(1, 4), payload(2, 12)];
+    let drain = spawn_drain(ring.clone(), expected);
+
+    // SAFETY: the only producer of this ring; its drain publishes only past samples it has finished reading.
+    let mut producer = unsafe { Producer::new(ring.clone()) }.unwrap();
+    let mut batch = producer.batch().unwrap();
+    batch.push(&payload(0, 4)).unwrap();
+    batch.push(&payload(1, 4)).unwrap();
+    assert_eq!(batch.free_space(), 0);
+    batch.commit();
+    loop {
+        let mut batch = producer.batch().unwrap();
+        match batch.push(&payload(2, 12)) {
+            Ok(()) => break,
+            Err(ReserveError::NoSpace { .. }) => {
+                drop(batch);
+                loom::thread::yield_now();
+            }
+            Err(error) => panic!("push: {error}"),
+        }
+    }
+    drain.join().unwrap();
+    assert_eq!(
+        ring.producer_pos().load_relaxed(),
+        START.wrapping_add(16 + 16 + 24)
+    );
+}
+
+#[test]
+fn user_producer_batches() {
+    model(batches_publish_whole_samples);
+}
+
+/// Control: a `Relaxed` publish of a batch lets the drain see the position without the
+/// headers written before it: it reads the zeroed word, an empty sample nobody produced.
+#[test]
+fn control_user_batch_publish_relaxed() {
+    expect_failure(
+        SyncPoint::UserProducerPosPublish,
+        "never produced",
+        batches_publish_whole_samples,
     );
 }

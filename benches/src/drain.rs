@@ -1,12 +1,16 @@
 //! Drain throughput: a ring pre-filled by a kernel producer, drained by each consumer in turn.
 
 use std::fmt::Write as _;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use bpf_ringbuf_testkit::{self as kit, Producer};
+use bpf_ringbuf_sys::insn::{
+    self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4,
+};
+use bpf_ringbuf_sys::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
+use bpf_ringbuf_testkit as kit;
 
-use crate::drainers::{touch, Drainers, Impl};
+use crate::drainers::{Drainers, Impl, Workload};
 use crate::{median, Options};
 
 /// The ring the drain benchmark uses: 16 MiB, larger than the caches, as in the C reference.
@@ -55,9 +59,9 @@ pub fn tlb(options: &Options) -> String {
                     fill.fill();
                     drainers.warm(via);
                     let start = Instant::now();
-                    let drained = drainers.drain(which, None);
+                    let drained = drainers.drain(which, Workload::Touch, None);
                     let elapsed = start.elapsed();
-                    assert_eq!(drained.checksum, fill.checksum);
+                    assert_eq!(drained.checksum, fill.checksum(Workload::Touch));
                     samples[index].push(elapsed.as_nanos() as f64 / f64::from(fill.records));
                 }
             }
@@ -79,37 +83,96 @@ pub fn tlb(options: &Options) -> String {
     out
 }
 
+/// A tc program that emits one `len`-byte record, copied from element 0 of the array map
+/// `payload`, with `bpf_ringbuf_output(ring, value, len, BPF_RB_NO_WAKEUP)`; returns
+/// `TC_ACT_SHOT` (2) if the output fails, so that a fill that does not fit is caught.
+///
+/// A tc program, not XDP: every `BPF_PROG_TEST_RUN` of an XDP program attaches it to the XDP
+/// dispatcher and detaches it again, waiting for RCU grace periods (~20 ms here), during which
+/// other jobs on this shared machine run and evict the freshly written ring from the caches.
+/// A drain would then measure the neighbours.
+pub fn tc_output(ring: BorrowedFd<'_>, payload: BorrowedFd<'_>, len: u32, flags: u64) -> OwnedFd {
+    let mut p = Program::new();
+    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
+        .extend(insn::ld_map_fd(R1, payload))
+        .push(insn::mov64_reg(R2, R10))
+        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
+        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::mov64_reg(R2, R0))
+        .extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R3, len as i32))
+        .push(insn::mov64_imm(R4, flags as i32))
+        .push(insn::call_helper(helper::RINGBUF_OUTPUT))
+        .jmp_imm_label(JmpOp::JNE, R0, 0, "fail")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 2))
+        .push(insn::exit());
+    let insns = p.build().expect("assemble tc producer");
+    prog_load(&ProgLoad::new(ProgType::SCHED_CLS, &insns, c"GPL")).expect("load tc producer")
+}
+
+/// Runs a program from [`tc_output`] `repeat` times on this CPU; panics if an output failed.
+pub fn run_tc(program: BorrowedFd<'_>, repeat: u32) {
+    let output = prog_test_run(
+        program,
+        &TestRun {
+            data_in: &[0; 64],
+            repeat,
+            ..TestRun::default()
+        },
+    )
+    .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(
+        output.retval, 0,
+        "bpf_ringbuf_output failed: the ring is full"
+    );
+}
+
 /// A RINGBUF map and a kernel program that fills it with `len`-byte records.
 pub struct Fill {
     /// The map.
     pub map: OwnedFd,
-    producer: Producer,
+    producer: OwnedFd,
+    _payload: OwnedFd,
+    /// The payload of every record.
+    pub record: Vec<u8>,
     /// Records per fill: as many as fit, less a page of slack.
     pub records: u32,
-    /// The checksum a full drain must produce.
-    pub checksum: u64,
 }
 
 impl Fill {
-    /// A `ring_size` ring and a reserve + `bpf_xdp_load_bytes` + submit(`BPF_RB_NO_WAKEUP`)
-    /// producer of `len`-byte records.
+    /// A `ring_size` ring and a [`tc_output`] producer of `len`-byte records.
     pub fn new(len: usize, ring_size: usize) -> Fill {
         let map = kit::ringbuf_map(ring_size);
-        let producer = kit::reserve_load_submit(map.as_fd(), len as u32, kit::NO_WAKEUP);
+        let record = kit::packet_bytes(len)[..len].to_vec();
+        let payload = kit::array_map(len.max(1) as u32);
+        kit::set_array_value(
+            payload.as_fd(),
+            &kit::packet_bytes(len.max(1))[..len.max(1)],
+        );
+        let producer = tc_output(map.as_fd(), payload.as_fd(), len as u32, kit::NO_WAKEUP);
         let records =
             ((ring_size - kit::page_size()) / bpf_ringbuf::header::record_size(len)) as u32;
-        let checksum = u64::from(records) * touch(&kit::packet_bytes(len)[..len]);
         Fill {
             map,
             producer,
+            _payload: payload,
+            record,
             records,
-            checksum,
         }
+    }
+
+    /// The checksum a full drain doing `workload` must produce.
+    pub fn checksum(&self, workload: Workload) -> u64 {
+        u64::from(self.records).wrapping_mul(workload.of(&self.record))
     }
 
     /// Runs the producer `records` times in the kernel (on this CPU): the ring is then full.
     pub fn fill(&self) {
-        self.producer.run(self.records);
+        run_tc(self.producer.as_fd(), self.records);
     }
 }
 
@@ -117,19 +180,20 @@ impl Fill {
 pub struct SizeResult {
     /// Data area of the ring.
     pub ring_size: usize,
+    /// What each consumer did per record.
+    pub workload: Workload,
     /// Payload length.
     pub size: usize,
     /// Records per drain.
     pub records: u32,
-    /// Samples (ns/record) per implementation, in [`Impl::ALL`] order.
+    /// Samples (ns/record) per implementation, in [`Impl::ALL`] order (empty if not run).
     pub samples: Vec<Vec<f64>>,
 }
 
 impl SizeResult {
     /// Smallest ns/record of `which`.
     pub fn min(&self, which: Impl) -> f64 {
-        let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
-        self.samples[index]
+        self.samples[which.index()]
             .iter()
             .copied()
             .fold(f64::INFINITY, f64::min)
@@ -137,43 +201,68 @@ impl SizeResult {
 
     /// Median ns/record of `which`.
     pub fn median(&self, which: Impl) -> f64 {
-        let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
-        median(&mut self.samples[index].clone())
+        median(&mut self.samples[which.index()].clone())
+    }
+
+    /// Whether `which` was measured.
+    pub fn has(&self, which: Impl) -> bool {
+        !self.samples[which.index()].is_empty()
+    }
+
+    /// The fastest of libbpf, aya and the hand loop (median), and which it is.
+    pub fn best_peer(&self) -> (Impl, f64) {
+        Impl::PEERS
+            .into_iter()
+            .filter(|&i| self.has(i))
+            .map(|i| (i, self.median(i)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("a peer was measured")
     }
 }
 
-/// Runs the drain benchmark: for each size, `reps` rounds, each draining a fresh fill with
-/// every implementation (the order rotates each round), checking counts and checksums.
-pub fn run(options: &Options, ring_size: usize) -> Vec<SizeResult> {
+/// Runs the drain benchmark for each of `impls`: for each size, `reps` rounds, each draining
+/// a fresh fill with every implementation (the order rotates each round), checking counts
+/// and checksums.
+pub fn run(
+    options: &Options,
+    ring_size: usize,
+    workload: Workload,
+    impls: &[Impl],
+) -> Vec<SizeResult> {
     if crate::cpus() > 1 {
         kit::pin_to_cpu(0);
     }
     let mut results = Vec::new();
     for &size in &options.sizes {
         let fill = Fill::new(size, ring_size);
+        let expected = (u64::from(fill.records), fill.checksum(workload));
         let mut drainers = Drainers::new(fill.map.as_fd(), ring_size);
         let mut samples = vec![Vec::new(); Impl::ALL.len()];
         for rep in 0..options.reps.max(1) {
-            for k in 0..Impl::ALL.len() {
-                let index = (k + rep) % Impl::ALL.len();
-                let which = Impl::ALL[index];
+            for k in 0..impls.len() {
+                let which = impls[(k + rep) % impls.len()];
                 fill.fill();
                 let mut aya = drainers.prepare(which);
                 let start = Instant::now();
-                let drained = drainers.drain(which, aya.as_mut());
+                let drained = drainers.drain(which, workload, aya.as_mut());
                 let elapsed = start.elapsed();
                 assert_eq!(
                     (drained.records, drained.checksum),
-                    (u64::from(fill.records), fill.checksum),
+                    expected,
                     "{} at {size} B read the wrong records",
                     which.name()
                 );
-                samples[index].push(elapsed.as_nanos() as f64 / f64::from(fill.records));
+                samples[which.index()].push(elapsed.as_nanos() as f64 / f64::from(fill.records));
             }
         }
-        eprintln!("drain {size} B ({} KiB ring): done", ring_size >> 10);
+        eprintln!(
+            "drain {size} B ({} KiB ring, {}): done",
+            ring_size >> 10,
+            workload.name()
+        );
         results.push(SizeResult {
             ring_size,
+            workload,
             size,
             records: fill.records,
             samples,
@@ -182,23 +271,29 @@ pub fn run(options: &Options, ring_size: usize) -> Vec<SizeResult> {
     results
 }
 
-/// The drain tables: ns/record, records/s, ratios, and the zero-copy vs copy seed table.
+fn header(out: &mut String, first: &str, impls: &[Impl]) {
+    write!(out, "| {first} |").unwrap();
+    for which in impls {
+        write!(out, " {} |", which.name()).unwrap();
+    }
+    writeln!(out).unwrap();
+    writeln!(out, "|---:|{}", "---:|".repeat(impls.len())).unwrap();
+}
+
+/// The drain tables for one ring and workload: ns/record (median and best), ours-batch
+/// against the others, and the zero-copy vs copy table.
 pub fn report(results: &[SizeResult]) -> String {
     let mut out = String::new();
     let Some(first) = results.first() else {
         return out;
     };
-    let ring = title(first.ring_size);
+    let impls: Vec<Impl> = Impl::ALL.into_iter().filter(|&i| first.has(i)).collect();
+    let ring = format!("{}, {}", title(first.ring_size), first.workload.name());
     writeln!(out, "\n## {ring}: ns/record (median)\n").unwrap();
-    write!(out, "| size B | records |").unwrap();
-    for which in Impl::ALL {
-        write!(out, " {} |", which.name()).unwrap();
-    }
-    writeln!(out).unwrap();
-    writeln!(out, "|---:|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+    header(&mut out, "size B", &impls);
     for result in results {
-        write!(out, "| {} | {} |", result.size, result.records).unwrap();
-        for which in Impl::ALL {
+        write!(out, "| {} |", result.size).unwrap();
+        for &which in &impls {
             write!(out, " {:.2} |", result.median(which)).unwrap();
         }
         writeln!(out).unwrap();
@@ -208,53 +303,41 @@ pub fn report(results: &[SizeResult]) -> String {
         "\n## {ring}: ns/record, best of the repetitions (least disturbed by other load)\n"
     )
     .unwrap();
-    write!(out, "| size B |").unwrap();
-    for which in Impl::ALL {
-        write!(out, " {} |", which.name()).unwrap();
-    }
-    writeln!(out).unwrap();
-    writeln!(out, "|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+    header(&mut out, "size B", &impls);
     for result in results {
         write!(out, "| {} |", result.size).unwrap();
-        for which in Impl::ALL {
+        for &which in &impls {
             write!(out, " {:.2} |", result.min(which)).unwrap();
         }
         writeln!(out).unwrap();
     }
-    writeln!(out, "\n## {ring}: million records/s (median)\n").unwrap();
-    write!(out, "| size B |").unwrap();
-    for which in Impl::ALL {
+    let others: Vec<Impl> = impls
+        .iter()
+        .copied()
+        .filter(|&i| i != Impl::Batch)
+        .collect();
+    writeln!(
+        out,
+        "\n## {ring}: time of each / time of ours-batch (medians, best-of in brackets; >1 = ours faster)\n"
+    )
+    .unwrap();
+    write!(out, "| size B | best peer |").unwrap();
+    for which in &others {
         write!(out, " {} |", which.name()).unwrap();
     }
     writeln!(out).unwrap();
-    writeln!(out, "|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+    writeln!(out, "|---:|---:|{}", "---:|".repeat(others.len())).unwrap();
     for result in results {
-        write!(out, "| {} |", result.size).unwrap();
-        for which in Impl::ALL {
-            write!(out, " {:.1} |", 1e3 / result.median(which)).unwrap();
-        }
-        writeln!(out).unwrap();
-    }
-    writeln!(
-        out,
-        "\n## {ring}: ours-batch against the others (time ratio of medians, best-of in brackets; >1 = ours faster)\n"
-    )
-    .unwrap();
-    writeln!(
-        out,
-        "| size B | libbpf / ours | aya / ours | hand-loop / ours | ours-callback / ours | ours-copy / ours |"
-    )
-    .unwrap();
-    writeln!(out, "|---:|---:|---:|---:|---:|---:|").unwrap();
-    for result in results {
-        write!(out, "| {} |", result.size).unwrap();
-        for other in [
-            Impl::Libbpf,
-            Impl::Aya,
-            Impl::Hand,
-            Impl::Callback,
-            Impl::Copy,
-        ] {
+        let (peer, peer_ns) = result.best_peer();
+        write!(
+            out,
+            "| {} | {:.2} ({}) |",
+            result.size,
+            peer_ns / result.median(Impl::Batch),
+            peer.name()
+        )
+        .unwrap();
+        for &other in &others {
             write!(
                 out,
                 " {:.2} ({:.2}) |",
@@ -265,37 +348,26 @@ pub fn report(results: &[SizeResult]) -> String {
         }
         writeln!(out).unwrap();
     }
-    let seed: Vec<_> = results
-        .iter()
-        .filter_map(|r| {
-            let claim = match r.size {
-                128 => 1.18,
-                1024 => 3.61,
-                2048 => 6.02,
-                2432 => 6.39,
-                _ => return None,
-            };
-            Some((r, claim))
-        })
-        .collect();
-    if !seed.is_empty() {
+    if first.has(Impl::Copy) {
         writeln!(
             out,
-            "\n## Seed table ({ring}): zero-copy speedup over copying (medians)\n"
+            "\n## {ring}: zero-copy against copying (medians)\n\n\
+             | size B | ours-batch ns | ours-copy ns | copy / zero-copy | cilium/ebpf claim | ours-copy / (batch+memcpy) |\n\
+             |---:|---:|---:|---:|---:|---:|"
         )
         .unwrap();
-        writeln!(
-            out,
-            "| size B | ours-batch ns | ours-copy ns | ours copy / zero-copy | cilium/ebpf claim |"
-        )
-        .unwrap();
-        writeln!(out, "|---:|---:|---:|---:|---:|").unwrap();
-        for (result, claim) in seed {
+        for result in results {
             let zero = result.median(Impl::Batch);
             let copy = result.median(Impl::Copy);
+            let claim = seed_claim(result.size).map_or("".into(), |c| format!("{c:.2}x"));
+            let memcpy = if result.has(Impl::BatchMemcpy) {
+                format!("{:.2}", copy / result.median(Impl::BatchMemcpy))
+            } else {
+                String::new()
+            };
             writeln!(
                 out,
-                "| {} | {zero:.2} | {copy:.2} | {:.2}x | {claim:.2}x |",
+                "| {} | {zero:.2} | {copy:.2} | {:.2}x | {claim} | {memcpy} |",
                 result.size,
                 copy / zero
             )
@@ -305,21 +377,35 @@ pub fn report(results: &[SizeResult]) -> String {
     out
 }
 
+/// cilium/ebpf's zero-copy speedups over its copying reader (github.com/cilium/ebpf pull
+/// 1979: `UnsafeReader.ReadInto` against `Reader.ReadInto`).
+pub fn seed_claim(size: usize) -> Option<f64> {
+    match size {
+        128 => Some(1.18),
+        1024 => Some(3.61),
+        2048 => Some(6.02),
+        2432 => Some(6.39),
+        _ => None,
+    }
+}
+
 /// One line per (size, implementation): median, min, max ns/record and records/s.
 pub fn csv(results: &[SizeResult]) -> String {
-    let mut out = String::from(
-        "ring_size,size,implementation,records,median_ns,min_ns,max_ns,records_per_s\n",
-    );
+    let mut out = String::new();
     for result in results {
-        for (index, which) in Impl::ALL.into_iter().enumerate() {
-            let samples = &result.samples[index];
+        for which in Impl::ALL {
+            if !result.has(which) {
+                continue;
+            }
+            let samples = &result.samples[which.index()];
             let median = result.median(which);
             let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
             let max = samples.iter().copied().fold(0.0, f64::max);
             writeln!(
                 out,
-                "{},{},{},{},{median:.3},{min:.3},{max:.3},{:.0}",
+                "{},{},{},{},{},{median:.3},{min:.3},{max:.3},{:.0}",
                 result.ring_size,
+                result.workload.key(),
                 result.size,
                 which.name(),
                 result.records,
@@ -331,16 +417,22 @@ pub fn csv(results: &[SizeResult]) -> String {
     out
 }
 
-/// Results read back from [`csv`] output (one sample each: the median), by ring size.
+/// The header line of [`csv`] output.
+pub const CSV_HEADER: &str =
+    "ring_size,workload,size,implementation,records,median_ns,min_ns,max_ns,records_per_s\n";
+
+/// Results read back from [`csv`] output (one sample each: the median), one list per
+/// (ring size, workload), in the order they appear.
 pub fn from_csv(text: &str) -> Vec<Vec<SizeResult>> {
-    let mut rings: Vec<Vec<SizeResult>> = Vec::new();
+    let mut runs: Vec<Vec<SizeResult>> = Vec::new();
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
-        let [ring_size, size, name, records, median, ..] = fields[..] else {
+        let [ring_size, workload, size, name, records, median, ..] = fields[..] else {
             continue;
         };
-        let (Ok(ring_size), Ok(size), Some(which), Ok(records), Ok(median)) = (
+        let (Ok(ring_size), Some(workload), Ok(size), Some(which), Ok(records), Ok(median)) = (
             ring_size.parse::<usize>(),
+            Workload::from_key(workload),
             size.parse::<usize>(),
             Impl::from_name(name),
             records.parse::<u32>(),
@@ -348,27 +440,30 @@ pub fn from_csv(text: &str) -> Vec<Vec<SizeResult>> {
         ) else {
             continue;
         };
-        let ring = match rings.iter().position(|r| r[0].ring_size == ring_size) {
-            Some(index) => &mut rings[index],
+        let run = match runs
+            .iter()
+            .position(|r| r[0].ring_size == ring_size && r[0].workload == workload)
+        {
+            Some(index) => &mut runs[index],
             None => {
-                rings.push(Vec::new());
-                rings.last_mut().unwrap()
+                runs.push(Vec::new());
+                runs.last_mut().unwrap()
             }
         };
-        let result = match ring.iter().position(|r| r.size == size) {
-            Some(index) => &mut ring[index],
+        let result = match run.iter().position(|r| r.size == size) {
+            Some(index) => &mut run[index],
             None => {
-                ring.push(SizeResult {
+                run.push(SizeResult {
                     ring_size,
+                    workload,
                     size,
                     records,
                     samples: vec![Vec::new(); Impl::ALL.len()],
                 });
-                ring.last_mut().unwrap()
+                run.last_mut().unwrap()
             }
         };
-        let index = Impl::ALL.iter().position(|&i| i == which).unwrap();
-        result.samples[index] = vec![median];
+        result.samples[which.index()] = vec![median];
     }
-    rings
+    runs
 }

@@ -13,11 +13,12 @@ use bpf_ringbuf_sys::rustix::time::{clock_gettime, ClockId};
 use bpf_ringbuf_sys::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
 use bpf_ringbuf_testkit::{self as kit, Commit};
 
-use crate::drainers::{drain_batch, LibbpfRing};
+use crate::drainers::{drain_batch, LibbpfRing, Touch};
 use crate::{median, Options};
 
 const RING_SIZE: usize = 1 << 24;
-const RECORD_LEN: u32 = 64;
+/// Record sizes of the streams.
+pub const RECORD_LENS: [u32; 2] = [64, 1024];
 /// Epoll timeout of both consumers; a wait that lasts this long returned without an event.
 const TIMEOUT: Duration = Duration::from_millis(20);
 
@@ -42,6 +43,8 @@ impl Consumer {
 /// One end-to-end run.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stream {
+    /// Payload bytes per record.
+    pub len: u32,
     /// Records consumed (all that were produced: checked).
     pub records: u64,
     /// Reservations that failed because the ring was full.
@@ -63,30 +66,35 @@ fn thread_cpu_seconds() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
-/// Medians of `reps` alternating runs of each consumer, 2M records of 64 B each.
+/// Medians of `reps` alternating runs of each consumer, 2M records of each of
+/// [`RECORD_LENS`].
 ///
 /// One test run produces the whole stream: every `BPF_PROG_TEST_RUN` of an XDP program
 /// attaches and detaches it from the XDP dispatcher, which waits for an RCU grace period
 /// (~20 ms here), so a stream of short runs would be mostly gaps.
 pub fn run(options: &Options) -> Vec<(Consumer, Vec<Stream>)> {
-    run_with(options, 1, 2_000_000)
+    run_with(options, 2_000_000)
 }
 
-/// As [`run`], with `runs` test runs of `repeat` records each per stream.
-pub fn run_with(options: &Options, runs: u32, repeat: u32) -> Vec<(Consumer, Vec<Stream>)> {
-    let mut results = vec![(Consumer::Ours, Vec::new()), (Consumer::Libbpf, Vec::new())];
-    for rep in 0..options.reps.max(1) {
-        for k in 0..2 {
-            let index = (k + rep) % 2;
-            let stream = stream(results[index].0, runs, repeat);
-            results[index].1.push(stream);
+/// As [`run`], with `repeat` records per stream.
+pub fn run_with(options: &Options, repeat: u32) -> Vec<(Consumer, Vec<Stream>)> {
+    let mut results = Vec::new();
+    for len in RECORD_LENS {
+        let mut pair = [(Consumer::Ours, Vec::new()), (Consumer::Libbpf, Vec::new())];
+        for rep in 0..options.reps.max(1) {
+            for k in 0..2 {
+                let index = (k + rep) % 2;
+                let stream = stream(pair[index].0, repeat, len);
+                pair[index].1.push(stream);
+            }
         }
+        results.extend(pair);
     }
     eprintln!("end to end: done");
     results
 }
 
-fn stream(consumer: Consumer, runs: u32, repeat: u32) -> Stream {
+fn stream(consumer: Consumer, repeat: u32, len: u32) -> Stream {
     let map = kit::ringbuf_map(RING_SIZE);
     let sequence = kit::percpu_counter_map();
     let drops = kit::percpu_counter_map();
@@ -94,7 +102,7 @@ fn stream(consumer: Consumer, runs: u32, repeat: u32) -> Stream {
         map.as_fd(),
         sequence.as_fd(),
         drops.as_fd(),
-        RECORD_LEN,
+        len,
         Commit::Submit,
         0,
     );
@@ -103,19 +111,20 @@ fn stream(consumer: Consumer, runs: u32, repeat: u32) -> Stream {
         kit::pin_to_cpu(0);
     }
     let mut ours = RingBuf::new(&map).expect("open RingBuf");
-    let mut libbpf = LibbpfRing::new(map.as_fd());
+    let mut libbpf = LibbpfRing::new::<Touch>(map.as_fd());
     let done = Arc::new(AtomicBool::new(false));
     let producer_done = done.clone();
     let producer_thread = std::thread::spawn(move || {
         if cpus > 1 {
             kit::pin_to_cpu(1);
         }
-        for _ in 0..runs {
-            producer.run(repeat);
-        }
+        producer.run(repeat);
         producer_done.store(true, Ordering::Release);
     });
-    let mut result = Stream::default();
+    let mut result = Stream {
+        len,
+        ..Stream::default()
+    };
     let cpu_start = thread_cpu_seconds();
     // The rate counts the records read after the first read, over the time from the end of
     // the first read to the end of the last: that leaves out the producer's start-up and the
@@ -126,7 +135,9 @@ fn stream(consumer: Consumer, runs: u32, repeat: u32) -> Stream {
         let read = match consumer {
             Consumer::Ours => {
                 ours.wait(Some(TIMEOUT)).expect("wait");
-                drain_batch(&mut ours).records
+                drain_batch::<Touch>(&mut ours)
+                    .expect("ring is not corrupt")
+                    .records
             }
             Consumer::Libbpf => {
                 let before = Instant::now();
@@ -232,7 +243,7 @@ fn busy_once(consumer: Consumer, loops: u32) -> Busy {
         kit::pin_to_cpu(0);
     }
     let mut ours = RingBuf::new(&map).expect("open RingBuf");
-    let mut libbpf = LibbpfRing::new(map.as_fd());
+    let mut libbpf = LibbpfRing::new::<Touch>(map.as_fd());
     let holder_thread = std::thread::spawn(move || {
         if cpus > 1 {
             kit::pin_to_cpu(1);
@@ -274,7 +285,9 @@ fn busy_once(consumer: Consumer, loops: u32) -> Busy {
         match consumer {
             Consumer::Ours => {
                 ours.wait(Some(Duration::from_secs(1))).expect("wait");
-                records += drain_batch(&mut ours).records;
+                records += drain_batch::<Touch>(&mut ours)
+                    .expect("ring is not corrupt")
+                    .records;
             }
             Consumer::Libbpf => {
                 let before = Instant::now();
@@ -302,25 +315,39 @@ pub fn report(streams: &[(Consumer, Vec<Stream>)], busy: &[(Consumer, Vec<Busy>)
     if !streams.is_empty() {
         writeln!(
             out,
-            "\n## End to end: kernel producer on CPU 1, consumer on CPU 0, {RECORD_LEN} B records (median)\n"
+            "\n## End to end: kernel producer on CPU 1, consumer on CPU 0 (median)\n"
         )
         .unwrap();
         writeln!(
             out,
-            "| consumer | records/run | M events/s | consumer CPU ns/event | epoll returns/event | epoll_wait calls/event | drops/run |"
+            "| record B | consumer | records/run | M events/s | consumer CPU ns/event | CPU / libbpf's | epoll returns/event | epoll_wait calls/event | drops/run |"
         )
         .unwrap();
-        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|").unwrap();
+        writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+        let cpu = |runs: &[Stream]| {
+            median(
+                &mut runs
+                    .iter()
+                    .map(|s| s.cpu_seconds * 1e9 / s.records as f64)
+                    .collect::<Vec<_>>(),
+            )
+        };
         for (consumer, runs) in streams {
             let m =
                 |f: &dyn Fn(&Stream) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+            let len = runs.first().map_or(0, |s| s.len);
+            let libbpf = streams
+                .iter()
+                .find(|(c, r)| *c == Consumer::Libbpf && r.first().map(|s| s.len) == Some(len))
+                .map_or(f64::NAN, |(_, r)| cpu(r));
             writeln!(
                 out,
-                "| {} | {:.0} | {:.2} | {:.1} | {:.5} | {:.5} | {:.0} |",
+                "| {len} | {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.5} | {:.5} | {:.0} |",
                 consumer.name(),
                 m(&|s| s.records as f64),
                 m(&|s| s.timed_records as f64 / s.seconds / 1e6),
                 m(&|s| s.cpu_seconds * 1e9 / s.records as f64),
+                cpu(runs) / libbpf,
                 m(&|s| s.wakeups as f64 / s.records as f64),
                 m(&|s| s.waits as f64 / s.records as f64),
                 m(&|s| s.drops as f64),

@@ -8,19 +8,20 @@ use std::os::fd::AsFd;
 use std::process::Command;
 
 use crate::drain::{Fill, RING_SIZE};
-use crate::drainers::{Drainers, Impl};
+use crate::drainers::{Drainers, Impl, Workload};
 use crate::Options;
 
 /// Sizes measured under callgrind (a subset of the drain sizes: each run is slow).
-pub const SIZES: [usize; 3] = [128, 1024, 4000];
+pub const SIZES: [usize; 4] = [8, 128, 1024, 4000];
 
-/// `callgrind <impl> <size> <fill-only|fill-and-drain>`: the process valgrind runs.
+/// `callgrind <impl> <workload> <size> <fill-only|fill-and-drain>`: the process valgrind runs.
 pub fn driver(args: &[String]) {
-    let [which, size, mode] = args else {
-        eprintln!("usage: callgrind <impl> <size> <fill-only|fill-and-drain>");
+    let [which, workload, size, mode] = args else {
+        eprintln!("usage: callgrind <impl> <touch|read-all> <size> <fill-only|fill-and-drain>");
         std::process::exit(2);
     };
     let which = Impl::from_name(which).expect("unknown implementation");
+    let workload = Workload::from_key(workload).expect("unknown workload");
     let size: usize = size.parse().expect("size");
     let drain = match mode.as_str() {
         "fill-only" => false,
@@ -32,33 +33,45 @@ pub fn driver(args: &[String]) {
     fill.fill();
     let mut aya = drainers.prepare(which);
     if drain {
-        let drained = drainers.drain(which, aya.as_mut());
+        let drained = drainers.drain(which, workload, aya.as_mut());
         assert_eq!(drained.records, u64::from(fill.records));
-        assert_eq!(drained.checksum, fill.checksum);
+        assert_eq!(drained.checksum, fill.checksum(workload));
     }
     println!("records {}", fill.records);
 }
 
-/// Instructions per record for each (size, implementation).
+/// Instructions per record for each (workload, size, implementation).
 pub struct Counts {
-    /// (size, implementation, instructions per record).
-    pub rows: Vec<(usize, Impl, f64)>,
+    /// (workload, size, implementation, instructions per record).
+    pub rows: Vec<(Workload, usize, Impl, f64)>,
     /// Why there are no rows, if there are none.
     pub skipped: Option<String>,
 }
 
-fn total_instructions(which: Impl, size: usize, mode: &str) -> Result<(u64, u64), String> {
+fn total_instructions(
+    which: Impl,
+    workload: Workload,
+    size: usize,
+    mode: &str,
+) -> Result<(u64, u64), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out_file = std::env::temp_dir().join(format!(
-        "bpf-ringbuf-bench-callgrind-{}-{size}-{mode}-{}.out",
+        "bpf-ringbuf-bench-callgrind-{}-{}-{size}-{mode}-{}.out",
         which.name(),
+        workload.key(),
         std::process::id()
     ));
     let output = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(&exe)
-        .args(["callgrind", which.name(), &size.to_string(), mode])
+        .args([
+            "callgrind",
+            which.name(),
+            workload.key(),
+            &size.to_string(),
+            mode,
+        ])
         .output()
         .map_err(|e| format!("valgrind: {e}"))?;
     if !output.status.success() {
@@ -87,7 +100,7 @@ fn total_instructions(which: Impl, size: usize, mode: &str) -> Result<(u64, u64)
 }
 
 /// Runs every implementation at each of [`SIZES`] (or `--sizes`, if given and not the
-/// default) under callgrind.
+/// default) under callgrind, for both workloads.
 pub fn run(options: &Options) -> Counts {
     let sizes: Vec<usize> = if options.sizes == crate::SIZES {
         SIZES.to_vec()
@@ -95,23 +108,27 @@ pub fn run(options: &Options) -> Counts {
         options.sizes.clone()
     };
     let mut rows = Vec::new();
-    for size in sizes {
-        for which in Impl::ALL {
-            let counted = total_instructions(which, size, "fill-only").and_then(|(fill, _)| {
-                total_instructions(which, size, "fill-and-drain")
-                    .map(|(both, records)| (both.saturating_sub(fill)) as f64 / records as f64)
-            });
-            match counted {
-                Ok(per_record) => rows.push((size, which, per_record)),
-                Err(why) => {
-                    return Counts {
-                        rows,
-                        skipped: Some(why),
+    for workload in Workload::ALL {
+        for &size in &sizes {
+            for which in Impl::ALL {
+                let counted =
+                    total_instructions(which, workload, size, "fill-only").and_then(|(fill, _)| {
+                        total_instructions(which, workload, size, "fill-and-drain").map(
+                            |(both, records)| (both.saturating_sub(fill)) as f64 / records as f64,
+                        )
+                    });
+                match counted {
+                    Ok(per_record) => rows.push((workload, size, which, per_record)),
+                    Err(why) => {
+                        return Counts {
+                            rows,
+                            skipped: Some(why),
+                        }
                     }
                 }
             }
+            eprintln!("instructions {size} B ({}): done", workload.name());
         }
-        eprintln!("instructions {size} B: done");
     }
     Counts {
         rows,
@@ -119,34 +136,49 @@ pub fn run(options: &Options) -> Counts {
     }
 }
 
-/// The instructions-per-record table.
+/// The instructions-per-record tables, one per workload.
 pub fn report(counts: &Counts) -> String {
     let mut out = String::new();
-    writeln!(
-        out,
-        "\n## Instructions per record (callgrind: fill-and-drain minus fill-only, / records)\n"
-    )
-    .unwrap();
     if let Some(why) = &counts.skipped {
-        writeln!(out, "skipped: {why}").unwrap();
+        writeln!(out, "\ninstructions per record: skipped: {why}").unwrap();
     }
-    let mut sizes: Vec<usize> = counts.rows.iter().map(|r| r.0).collect();
-    sizes.dedup();
-    write!(out, "| size B |").unwrap();
-    for which in Impl::ALL {
-        write!(out, " {} |", which.name()).unwrap();
-    }
-    writeln!(out).unwrap();
-    writeln!(out, "|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
-    for size in sizes {
-        write!(out, "| {size} |").unwrap();
+    for workload in Workload::ALL {
+        let mut sizes: Vec<usize> = counts
+            .rows
+            .iter()
+            .filter(|r| r.0 == workload)
+            .map(|r| r.1)
+            .collect();
+        sizes.dedup();
+        if sizes.is_empty() {
+            continue;
+        }
+        writeln!(
+            out,
+            "\n## Instructions per record, {} (callgrind: fill-and-drain minus fill-only, / records)\n",
+            workload.name()
+        )
+        .unwrap();
+        write!(out, "| size B |").unwrap();
         for which in Impl::ALL {
-            match counts.rows.iter().find(|r| r.0 == size && r.1 == which) {
-                Some(row) => write!(out, " {:.1} |", row.2).unwrap(),
-                None => write!(out, " - |").unwrap(),
-            }
+            write!(out, " {} |", which.name()).unwrap();
         }
         writeln!(out).unwrap();
+        writeln!(out, "|---:|{}", "---:|".repeat(Impl::ALL.len())).unwrap();
+        for size in sizes {
+            write!(out, "| {size} |").unwrap();
+            for which in Impl::ALL {
+                match counts
+                    .rows
+                    .iter()
+                    .find(|r| r.0 == workload && r.1 == size && r.2 == which)
+                {
+                    Some(row) => write!(out, " {:.1} |", row.3).unwrap(),
+                    None => write!(out, " - |").unwrap(),
+                }
+            }
+            writeln!(out).unwrap();
+        }
     }
     out
 }

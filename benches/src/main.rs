@@ -1,23 +1,29 @@
 //! Benchmarks of bpf-ringbuf against libbpf and aya, on real kernel rings.
 //!
 //! ```text
-//! cargo run --release --manifest-path benches/Cargo.toml -- all [--out docs]   # everything, docs/benchmarks tables + plot
+//! cargo run --release --manifest-path benches/Cargo.toml -- all [--out docs]   # everything: tables, CSV, plots
 //! cargo run --release --manifest-path benches/Cargo.toml -- drain [--reps N] [--sizes 8,128,...]
-//! cargo run --release --manifest-path benches/Cargo.toml -- tlb | e2e | busy | user | instructions | smoke
-//! cargo run --release --manifest-path benches/Cargo.toml -- callgrind <impl> <size> <fill-only|fill-and-drain>
+//! cargo run --release --manifest-path benches/Cargo.toml -- sweep | stride | tlb | e2e | busy | user | perfbuf
+//! cargo run --release --manifest-path benches/Cargo.toml -- instructions | smoke
+//! cargo run --release --manifest-path benches/Cargo.toml -- callgrind <impl> <workload> <size> <fill-only|fill-and-drain>
 //! ```
 //!
-//! Needs root (or CAP_BPF + CAP_PERFMON); `instructions` needs valgrind.
+//! Needs root (or CAP_BPF + CAP_PERFMON); `instructions` needs valgrind. `stride` needs
+//! neither.
 
 mod drain;
 mod drainers;
 mod e2e;
 mod instructions;
+mod perfbuf;
 mod plot;
+mod stride;
 mod user;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use drainers::{Impl, Workload};
 
 /// Command-line options shared by the modes.
 pub struct Options {
@@ -25,12 +31,28 @@ pub struct Options {
     pub reps: usize,
     /// Record sizes for the drain benchmark.
     pub sizes: Vec<usize>,
-    /// Where `all` writes the CSV files, the report and the plot (none: print only).
+    /// Where `all` writes the CSV files, the report and the plots (none: print only).
     pub out: Option<PathBuf>,
 }
 
-/// The record sizes the issue asks for.
+/// The record sizes of the main drain tables.
 pub const SIZES: [usize; 8] = [8, 64, 128, 512, 1024, 2048, 2432, 4000];
+
+/// The sweep's sizes: 64 to 320 B in 8-byte steps (where the stride of the records' headers
+/// goes from every cache line to every fifth).
+pub fn sweep_sizes() -> Vec<usize> {
+    (64..=320).step_by(8).collect()
+}
+
+/// The sweep measures the zero-copy readers and the copy, not the extra references.
+const SWEEP_IMPLS: [Impl; 6] = [
+    Impl::Batch,
+    Impl::Copy,
+    Impl::Libbpf,
+    Impl::Aya,
+    Impl::Hand,
+    Impl::HandPrefetch,
+];
 
 fn main() {
     cpus(); // before any thread is pinned
@@ -40,12 +62,14 @@ fn main() {
         sizes: SIZES.to_vec(),
         out: None,
     };
+    let mut sizes_given = false;
     let mut i = 0;
     while i < args.len() {
         let value = || args.get(i + 1).cloned().expect("option needs a value");
         match args[i].as_str() {
             "--reps" => options.reps = value().parse().expect("--reps N"),
             "--sizes" => {
+                sizes_given = true;
                 options.sizes = value()
                     .split(',')
                     .map(|s| s.parse().expect("--sizes 8,64,..."))
@@ -60,38 +84,68 @@ fn main() {
         args.drain(i..i + 2);
     }
     let mode = args.first().map(String::as_str).unwrap_or("all");
-    if mode != "callgrind" && !bpf_ringbuf_testkit::kernel_available() {
+    if !matches!(mode, "callgrind" | "stride" | "plot") && !bpf_ringbuf_testkit::kernel_available()
+    {
         eprintln!("these benchmarks need bpf(2): run as root or with CAP_BPF");
         std::process::exit(1);
     }
     match mode {
         "drain" => {
-            let results = drain::run(&options, drain::RING_SIZE);
-            print!("{}", drain::report(&results));
-            let results = drain::run(&options, drain::SMALL_RING_SIZE);
-            print!("{}", drain::report(&results));
+            for run in drain_runs(&options, &Impl::ALL) {
+                print!("{}", drain::report(&run));
+            }
+        }
+        "sweep" => {
+            if !sizes_given {
+                options.sizes = sweep_sizes();
+            }
+            for run in drain_runs(&options, &SWEEP_IMPLS) {
+                print!("{}", drain::report(&run));
+            }
+        }
+        "stride" => {
+            if !sizes_given {
+                options.sizes = stride::SIZES.to_vec();
+            }
+            print!("{}", stride::report(&stride::run(&options)));
         }
         "e2e" => print!("{}", e2e::report(&e2e::run(&options), &e2e::busy(&options))),
         "busy" => print!("{}", e2e::report(&[], &e2e::busy(&options))),
         "tlb" => print!("{}", drain::tlb(&options)),
         "user" => print!("{}", user::report(&user::run(&options))),
+        "perfbuf" => print!("{}", perfbuf::report(&perfbuf::run(&options))),
         "instructions" => print!("{}", instructions::report(&instructions::run(&options))),
         "callgrind" => instructions::driver(&args[1..]),
         "smoke" => smoke(),
         "plot" => {
             let dir = options.out.clone().unwrap_or_else(|| PathBuf::from("docs"));
-            let csv = std::fs::read_to_string(dir.join("benchmarks-drain.csv"))
-                .expect("read benchmarks-drain.csv");
-            write_plots(&dir, &drain::from_csv(&csv));
+            for (file, log_x) in [
+                ("benchmarks-drain.csv", true),
+                ("benchmarks-sweep.csv", false),
+            ] {
+                let csv = std::fs::read_to_string(dir.join(file)).expect("read the CSV");
+                write_plots(&dir, &drain::from_csv(&csv), log_x);
+            }
         }
         "all" => all(&options),
         other => {
             eprintln!(
-                "unknown mode {other}: drain | tlb | e2e | busy | user | instructions | callgrind | smoke | plot | all"
+                "unknown mode {other}: drain | sweep | stride | tlb | e2e | busy | user | perfbuf | instructions | callgrind | smoke | plot | all"
             );
             std::process::exit(2);
         }
     }
+}
+
+/// The drain benchmark over both rings and both workloads.
+fn drain_runs(options: &Options, impls: &[Impl]) -> Vec<Vec<drain::SizeResult>> {
+    let mut runs = Vec::new();
+    for ring in [drain::RING_SIZE, drain::SMALL_RING_SIZE] {
+        for workload in Workload::ALL {
+            runs.push(drain::run(options, ring, workload, impls));
+        }
+    }
+    runs
 }
 
 /// A quick pass through every mode, for CI: proves the benchmarks run and cross-check.
@@ -101,58 +155,117 @@ fn smoke() {
         sizes: vec![64, 4000],
         out: None,
     };
-    print!("{}", drain::report(&drain::run(&options, drain::RING_SIZE)));
+    for workload in Workload::ALL {
+        let run = drain::run(&options, drain::SMALL_RING_SIZE, workload, &Impl::ALL);
+        print!("{}", drain::report(&run));
+    }
     print!(
         "{}",
-        e2e::report(&e2e::run_with(&options, 1, 20_000), &e2e::busy(&options))
+        e2e::report(&e2e::run_with(&options, 20_000), &e2e::busy(&options))
     );
     print!("{}", user::report(&user::run(&options)));
+    print!("{}", perfbuf::report(&perfbuf::run_with(&options, 20_000)));
+    print!(
+        "{}",
+        stride::report(&stride::run(&Options {
+            reps: 1,
+            sizes: vec![64, 136],
+            out: None,
+        }))
+    );
 }
 
-/// Every benchmark, then the report (and with `--out DIR`, CSV files and the plot there).
+/// Every benchmark, then the report (and with `--out DIR`, CSV files and the plots there).
 fn all(options: &Options) {
     let machine = machine();
-    let drain = drain::run(options, drain::RING_SIZE);
-    let small = drain::run(options, drain::SMALL_RING_SIZE);
+    let load_before = load_average();
+    let drain = drain_runs(options, &Impl::ALL);
+    let sweep_options = Options {
+        reps: options.reps.min(15),
+        sizes: sweep_sizes(),
+        out: None,
+    };
+    let sweep = drain_runs(&sweep_options, &SWEEP_IMPLS);
+    let stride = stride::run(&Options {
+        reps: options.reps,
+        sizes: stride::SIZES.to_vec(),
+        out: None,
+    });
     let tlb = drain::tlb(options);
     let e2e_results = e2e::run(options);
     let busy = e2e::busy(options);
     let user = user::run(options);
+    let perfbuf = perfbuf::run(options);
     let instructions = instructions::run(options);
+    let load_after = load_average();
     let mut report = String::new();
     writeln!(report, "{machine}").unwrap();
-    report += &drain::report(&drain);
-    report += &drain::report(&small);
+    writeln!(
+        report,
+        "load average (1, 5, 15 min): {load_before} at the start, {load_after} at the end"
+    )
+    .unwrap();
+    for run in &drain {
+        report += &drain::report(run);
+    }
+    writeln!(
+        report,
+        "\n# The sweep: 64 to 320 B in 8-byte steps ({} repetitions)",
+        sweep_options.reps
+    )
+    .unwrap();
+    for run in &sweep {
+        report += &drain::report(run);
+    }
+    report += &stride::report(&stride);
     report += &tlb;
     report += &e2e::report(&e2e_results, &busy);
     report += &user::report(&user);
+    report += &perfbuf::report(&perfbuf);
     report += &instructions::report(&instructions);
     print!("{report}");
     if let Some(out) = &options.out {
         std::fs::create_dir_all(out).expect("create output directory");
-        let csv = drain::csv(&drain) + drain::csv(&small).split_once('\n').unwrap().1;
-        std::fs::write(out.join("benchmarks-drain.csv"), csv).expect("write csv");
+        let csv = |runs: &[Vec<drain::SizeResult>]| {
+            let mut text = drain::CSV_HEADER.to_string();
+            for run in runs {
+                text += &drain::csv(run);
+            }
+            text
+        };
+        std::fs::write(out.join("benchmarks-drain.csv"), csv(&drain)).expect("write csv");
+        std::fs::write(out.join("benchmarks-sweep.csv"), csv(&sweep)).expect("write csv");
         std::fs::write(out.join("benchmarks-results.md"), &report).expect("write report");
-        write_plots(out, &[drain, small]);
+        write_plots(out, &drain, true);
+        write_plots(out, &sweep, false);
         eprintln!(
-            "wrote {}/benchmarks-{{drain.csv,results.md,drain.svg,drain-512k.svg}}",
+            "wrote {}/benchmarks-{{drain.csv,sweep.csv,results.md}} and the plots",
             out.display()
         );
     }
 }
 
-/// One SVG per ring size: `benchmarks-drain.svg` (16 MiB), `benchmarks-drain-512k.svg`.
-fn write_plots(dir: &std::path::Path, rings: &[Vec<drain::SizeResult>]) {
-    for results in rings {
+/// One SVG per ring size and workload: `benchmarks-drain.svg` (16 MiB, first+last byte),
+/// `benchmarks-drain-512k.svg`, `benchmarks-drain-read-all.svg`, ... and `benchmarks-sweep*`
+/// for the sweep (linear size axis).
+fn write_plots(dir: &Path, runs: &[Vec<drain::SizeResult>], log_x: bool) {
+    for results in runs {
         let Some(first) = results.first() else {
             continue;
         };
-        let name = if first.ring_size == drain::RING_SIZE {
-            "benchmarks-drain.svg".to_string()
+        let mut name = String::from(if log_x {
+            "benchmarks-drain"
         } else {
-            format!("benchmarks-drain-{}k.svg", first.ring_size >> 10)
-        };
-        std::fs::write(dir.join(name), plot::svg(results)).expect("write plot");
+            "benchmarks-sweep"
+        });
+        if first.ring_size != drain::RING_SIZE {
+            write!(name, "-{}k", first.ring_size >> 10).unwrap();
+        }
+        if first.workload != Workload::Touch {
+            write!(name, "-{}", first.workload.key()).unwrap();
+        }
+        name += ".svg";
+        std::fs::write(dir.join(name), plot::svg(results, log_x)).expect("write plot");
     }
 }
 
@@ -168,10 +281,23 @@ pub fn machine() -> String {
     format!("machine: {model}, {} CPUs, Linux {}", cpus(), kernel.trim())
 }
 
+/// `/proc/loadavg`'s three load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The median of `values` (sorted in place).
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
     if n % 2 == 1 {
         values[n / 2]
     } else {

@@ -17,31 +17,42 @@ fn color(which: Impl) -> &'static str {
         Impl::Batch => "#d62728",
         Impl::Callback => "#ff7f0e",
         Impl::Copy => "#9467bd",
+        Impl::BatchMemcpy => "#8c564b",
         Impl::Libbpf => "#1f77b4",
         Impl::Aya => "#2ca02c",
         Impl::Hand => "#555555",
+        Impl::HandPrefetch => "#17becf",
     }
 }
 
-/// The chart: x is the record size (log scale), y the median ns/record.
-pub fn svg(results: &[SizeResult]) -> String {
+/// The chart: x is the record size (log scale if `log_x`, else linear), y the median
+/// ns/record (log scale), one line for each implementation measured.
+pub fn svg(results: &[SizeResult], log_x: bool) -> String {
     let mut out = String::new();
-    if results.is_empty() {
+    let Some(first) = results.first() else {
         return out;
-    }
+    };
+    let impls: Vec<Impl> = Impl::ALL.into_iter().filter(|&i| first.has(i)).collect();
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let log_min = (results.iter().map(|r| r.size).min().unwrap() as f64).log2();
-    let log_max = (results.iter().map(|r| r.size).max().unwrap() as f64).log2();
-    let x = |size: usize| {
-        let span = (log_max - log_min).max(1e-9);
-        LEFT + ((size as f64).log2() - log_min) / span * plot_w
+    let scale = |size: usize| {
+        if log_x {
+            (size as f64).log2()
+        } else {
+            size as f64
+        }
     };
-    // y is logarithmic too: the copying reader is ten times slower at large records, and
+    let x_min = scale(results.iter().map(|r| r.size).min().unwrap());
+    let x_max = scale(results.iter().map(|r| r.size).max().unwrap());
+    let x = |size: usize| {
+        let span = (x_max - x_min).max(1e-9);
+        LEFT + (scale(size) - x_min) / span * plot_w
+    };
+    // y is logarithmic: the copying reader is ten times slower at large records, and
     // the zero-copy readers differ by a few percent; a linear axis would flatten them.
     let all_ns: Vec<f64> = results
         .iter()
-        .flat_map(|r| Impl::ALL.map(|i| r.median(i)))
+        .flat_map(|r| impls.iter().map(|&i| r.median(i)))
         .collect();
     let max_ns = all_ns.iter().copied().fold(0.0, f64::max);
     let min_ns = all_ns.iter().copied().fold(f64::INFINITY, f64::min);
@@ -71,9 +82,10 @@ pub fn svg(results: &[SizeResult]) -> String {
     writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#).unwrap();
     writeln!(
         out,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}: ns per record (median)</text>"#,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}, {}: ns per record (median)</text>"#,
         LEFT + plot_w / 2.0,
-        crate::drain::title(results[0].ring_size)
+        crate::drain::title(first.ring_size),
+        first.workload.name()
     )
     .unwrap();
     // Axes and grid.
@@ -91,6 +103,10 @@ pub fn svg(results: &[SizeResult]) -> String {
     }
     let mut last_label_x = f64::NEG_INFINITY;
     for result in results {
+        // On a linear axis of many sizes, label every 32 bytes.
+        if !log_x && results.len() > 12 && result.size % 32 != 0 {
+            continue;
+        }
         let tx = x(result.size);
         // Labels closer than 30 px to the previous one go one line lower.
         let label_y = if tx - last_label_x < 30.0 {
@@ -114,9 +130,10 @@ pub fn svg(results: &[SizeResult]) -> String {
     .unwrap();
     writeln!(
         out,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">record payload size, bytes (log scale)</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">record payload size, bytes{}</text>"#,
         LEFT + plot_w / 2.0,
-        HEIGHT - 10.0
+        HEIGHT - 10.0,
+        if log_x { " (log scale)" } else { "" }
     )
     .unwrap();
     writeln!(
@@ -126,12 +143,12 @@ pub fn svg(results: &[SizeResult]) -> String {
     )
     .unwrap();
     // One line per implementation (ours-batch drawn last, on top), and the legend.
-    for (index, which) in Impl::ALL.into_iter().enumerate().rev() {
+    for (index, &which) in impls.iter().enumerate().rev() {
         let points: Vec<String> = results
             .iter()
             .map(|r| format!("{:.1},{:.1}", x(r.size), y(r.median(which))))
             .collect();
-        let dash = if which == Impl::Hand {
+        let dash = if matches!(which, Impl::Hand | Impl::HandPrefetch) {
             r#" stroke-dasharray="5,4""#
         } else {
             ""

@@ -22,6 +22,8 @@ pub const SIZES: [usize; 4] = [8, 64, 512, 2048];
 pub enum UserImpl {
     /// `UserRingBuf::reserve` + write + `Reservation::submit`.
     Ours,
+    /// `UserRingBuf::batch()` + `WriteBatch::push` per record, one publish per round.
+    OursBatch,
     /// libbpf `user_ring_buffer__reserve` + write + `user_ring_buffer__submit`.
     Libbpf,
 }
@@ -48,6 +50,7 @@ impl Drop for LibbpfUserRing {
 
 /// One producer's ring, its kernel drainer, and the records per round.
 struct Setup {
+    which: UserImpl,
     _map: OwnedFd,
     drainer: Drainer,
     ours: Option<UserRingBuf>,
@@ -59,13 +62,14 @@ impl Setup {
         let map = kit::user_ringbuf_map(RING_SIZE);
         let drainer = kit::user_ringbuf_drain(map.as_fd(), 0);
         let (ours, libbpf) = match which {
-            UserImpl::Ours => (
+            UserImpl::Ours | UserImpl::OursBatch => (
                 Some(UserRingBuf::new(&map).expect("open UserRingBuf")),
                 None,
             ),
             UserImpl::Libbpf => (None, Some(LibbpfUserRing::new(map.as_fd()))),
         };
         Setup {
+            which,
             _map: map,
             drainer,
             ours,
@@ -77,11 +81,19 @@ impl Setup {
     #[inline(never)]
     fn produce(&mut self, payload: &[u8], records: usize) -> f64 {
         let start = Instant::now();
-        if let Some(ring) = &self.ours {
-            for _ in 0..records {
-                let mut sample = ring.reserve(payload.len()).expect("space for the sample");
-                sample.copy_from_slice(payload);
-                sample.submit();
+        if let Some(ring) = &mut self.ours {
+            if self.which == UserImpl::OursBatch {
+                let mut batch = ring.batch().expect("a consistent ring");
+                for _ in 0..records {
+                    batch.push(payload).expect("space for the sample");
+                }
+                batch.commit();
+            } else {
+                for _ in 0..records {
+                    let mut sample = ring.reserve(payload.len()).expect("space for the sample");
+                    sample.copy_from_slice(payload);
+                    sample.submit();
+                }
             }
         }
         if let Some(ring) = &self.libbpf {
@@ -119,7 +131,7 @@ impl Setup {
 pub struct UserResult {
     size: usize,
     records: usize,
-    samples: [Vec<f64>; 2],
+    samples: [Vec<f64>; 3],
 }
 
 /// Runs the USER_RINGBUF benchmark.
@@ -127,14 +139,14 @@ pub fn run(options: &Options) -> Vec<UserResult> {
     if crate::cpus() > 1 {
         kit::pin_to_cpu(0);
     }
-    let impls = [UserImpl::Ours, UserImpl::Libbpf];
+    let impls = [UserImpl::Ours, UserImpl::OursBatch, UserImpl::Libbpf];
     let mut results = Vec::new();
     for size in SIZES {
         let payload = kit::packet_bytes(size)[..size].to_vec();
         // Leave one record of room: a full ring is legal, but neither side needs it.
         let records = RING_SIZE / record_size(size) - 1;
         let mut setups = impls.map(Setup::new);
-        let mut samples = [Vec::new(), Vec::new()];
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
         for rep in 0..options.reps.max(1) {
             for k in 0..impls.len() {
                 let index = (k + rep) % impls.len();
@@ -158,26 +170,24 @@ pub fn report(results: &[UserResult]) -> String {
     let mut out = String::new();
     writeln!(
         out,
-        "\n## USER_RINGBUF: reserve + write + submit, kernel drain between rounds (median)\n"
+        "\n## USER_RINGBUF: reserve + write + submit, kernel drain between rounds (median ns/record)\n"
     )
     .unwrap();
     writeln!(
         out,
-        "| size B | records/round | ours ns/record | libbpf ns/record | ours M records/s | libbpf M records/s | libbpf / ours |"
+        "| size B | records/round | ours reserve+submit | ours batch | libbpf | libbpf / ours | libbpf / ours batch |"
     )
     .unwrap();
     writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|").unwrap();
     for result in results {
-        let ours = median(&mut result.samples[0].clone());
-        let libbpf = median(&mut result.samples[1].clone());
+        let [ours, batch, libbpf] = [0, 1, 2].map(|i| median(&mut result.samples[i].clone()));
         writeln!(
             out,
-            "| {} | {} | {ours:.2} | {libbpf:.2} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {} | {ours:.2} | {batch:.2} | {libbpf:.2} | {:.2} | {:.2} |",
             result.size,
             result.records,
-            1e3 / ours,
-            1e3 / libbpf,
-            libbpf / ours
+            libbpf / ours,
+            libbpf / batch
         )
         .unwrap();
     }

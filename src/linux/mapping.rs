@@ -265,6 +265,13 @@ unsafe impl RingMemory for RingMapping {
         // data area, and that nobody writes the range while the slice lives.
         unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(offset), len) }
     }
+
+    #[inline]
+    fn data_ptr(&self) -> Option<NonNull<u8>> {
+        // The double-mapped data area `header` and `bytes` address: page-aligned, `2 * size`
+        // bytes, mapped as long as `self` lives.
+        Some(self.data)
+    }
 }
 
 // SAFETY: as for `RingMemory`. Only USER_RINGBUF mappings have a writable data area; for a

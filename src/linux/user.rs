@@ -6,7 +6,7 @@ use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::{deadline_after, Sleeper, Woke};
 use crate::geometry::Positions;
-use crate::producer::{Producer, Reservation, ReserveError};
+use crate::producer::{Producer, Reservation, ReserveError, WriteBatch};
 use crate::Error;
 
 /// A `BPF_MAP_TYPE_USER_RINGBUF` map opened for writing: the user→kernel direction.
@@ -125,6 +125,16 @@ impl UserRingBuf {
     /// As for [`reserve`](UserRingBuf::reserve).
     pub fn output(&self, data: &[u8]) -> Result<(), ReserveError> {
         self.producer.output(data)
+    }
+
+    /// Starts a batch of records written in place and published together: one
+    /// `producer_pos` store for the lot. See [`Producer::batch`].
+    ///
+    /// # Errors
+    ///
+    /// A corruption error, as for [`reserve`](UserRingBuf::reserve).
+    pub fn batch(&mut self) -> Result<WriteBatch<'_, RingMapping>, ReserveError> {
+        self.producer.batch()
     }
 
     /// Bytes a reservation can take now. See [`Producer::free_space`].
