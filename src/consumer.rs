@@ -44,6 +44,10 @@ use crate::sync::{
 /// reader of 128–320-byte records does (docs/benchmarks.md measures it).
 const PREFETCH_RECORDS: usize = 8;
 
+// The read loop as plain data, for the merged reader (crate-private).
+mod cursor;
+pub(crate) use cursor::{Peek, Peeked, ReadCursor};
+
 /// Reads a kernel-produced ring (`BPF_MAP_TYPE_RINGBUF`).
 ///
 /// There must be one consumer per ring: `consumer_pos` has a single writer.

@@ -15,12 +15,15 @@
 //!   the borrow checker — safe code, no `unsafe` for the user. Every position and header is
 //!   treated as untrusted input ([`ReadError`]). The USER_RINGBUF [`Producer`] writes the
 //!   other way: [`Reservation`]s are `&mut [u8]` in the ring, several may be outstanding, and
-//!   sizes the kernel would reject are refused up front ([`ReserveError`]).
+//!   sizes the kernel would reject are refused up front ([`ReserveError`]). The [`merge`]
+//!   module reads several rings (one per CPU) as one stream, zero-copy, in the order of a key
+//!   each record carries.
 //! - **The Linux front end** (feature `std`, on by default): [`RingBuf`] opens a map (from any
 //!   fd, a pinned path or a map id), checks through the kernel that it is a ring map of the
 //!   right type, claims the ring's one reader for this process, maps it with the right
 //!   permissions and waits for data through epoll; [`UserRingBuf`] does the same for the producer side of a
-//!   USER_RINGBUF. `Poller` waits on many rings at once, `Flusher` stops a waiting reader
+//!   USER_RINGBUF. `Poller` waits on many rings at once, `MergedReader` reads them in one
+//!   key order ([`guide::merging`]), `Flusher` stops a waiting reader
 //!   from another thread, `DropCounter` reads the counter BPF programs keep of lost events
 //!   (`docs/waiting.md` explains the waiting). The kernel calls live in the `bpf-ringbuf-sys`
 //!   crate.
@@ -122,6 +125,8 @@
 //! - [`guide::waiting`]: sleeping until the kernel signals without losing a wakeup or
 //!   spinning; many rings, deadlines, flush and close, async.
 //! - [`guide::user_ringbuf`]: writing to the kernel (USER_RINGBUF).
+//! - [`guide::merging`]: per-CPU rings read in one order: the release rule, its guarantee,
+//!   and the trade-off between latency and order.
 //! - [`guide::vendoring`]: using the core from another BPF library, with a mapping you
 //!   already hold; the stability promise and MSRV.
 //! - [`guide::ecosystem`]: the maps of aya and libbpf-rs, and typed records.
@@ -167,6 +172,7 @@ pub mod error;
 pub mod geometry;
 pub mod header;
 pub mod memory;
+pub mod merge;
 // Documented whenever the docs have `alloc`, so that the guides' links to it resolve.
 #[cfg(any(feature = "model", all(doc, feature = "alloc")))]
 #[cfg_attr(docsrs, doc(cfg(feature = "model")))]
@@ -191,6 +197,8 @@ pub mod guide {
     pub mod vendoring {}
     #[doc = include_str!("../docs/ecosystem.md")]
     pub mod ecosystem {}
+    #[doc = include_str!("../docs/merging.md")]
+    pub mod merging {}
 }
 
 #[cfg(all(feature = "std", not(bpf_ringbuf_loom)))]
@@ -207,6 +215,7 @@ pub use error::{GeometryError, ReadError};
 pub use geometry::{Geometry, Positions, Readiness};
 pub use header::RecordHeader;
 pub use memory::{OverwriteMemory, RingMemory, RingMemoryMut};
+pub use merge::{Merge, MergeError, MergeRing, MergeRound, MergedRecord};
 pub use overwrite::{OverwriteConsumer, OverwriteStats};
 
 pub use producer::{Producer, Reservation, ReserveError, WriteBatch};

@@ -136,6 +136,13 @@ mod weaken {
         /// The overwrite-mode reader's acquire fence between the payload copy and the
         /// re-check of `overwrite_pos` (left out).
         OverwriteFence,
+        /// The merged reader's hold for quiet rings (left out: a ring that shows no committed
+        /// record is taken to have nothing earlier to deliver, so the smallest visible key is
+        /// released at once).
+        MergeQuietCheck,
+        /// The lateness the merged reader allows between a record's key and its commit (left
+        /// out: a ring seen quiet at `now` is taken to deliver nothing keyed before `now`).
+        MergeLateness,
     }
 
     /// Any point a negative control can weaken: one of the core's [`SyncPoint`]s or one of the
@@ -160,6 +167,8 @@ mod weaken {
                 SyncPoint::UserCommit => "UserCommit",
                 SyncPoint::OverwriteRecheck => "OverwriteRecheck",
                 SyncPoint::OverwriteFence => "OverwriteFence",
+                SyncPoint::MergeQuietCheck => "MergeQuietCheck",
+                SyncPoint::MergeLateness => "MergeLateness",
             };
             ControlPoint {
                 id: point as u16,

@@ -13,6 +13,8 @@ mod decode;
 mod differential;
 #[path = "../fuzz/src/input.rs"]
 mod input;
+#[path = "../fuzz/src/merge.rs"]
+mod merge;
 #[path = "../fuzz/src/overwrite.rs"]
 mod overwrite;
 #[path = "../fuzz/src/records.rs"]
@@ -67,6 +69,11 @@ fn decode_regressions() {
 #[test]
 fn differential_regressions() {
     replay("differential", differential::run);
+}
+
+#[test]
+fn merge_regressions() {
+    replay("merge", merge::run);
 }
 
 #[test]
@@ -128,6 +135,36 @@ fn decode_regressions_cover_every_step_kind() {
         "misaligned",
     ];
     assert_eq!(seen, all.into_iter().collect());
+}
+
+/// The `merge` seed cases are not vacuous: between them, records are held back and released by
+/// the lateness, marked out of order, ordered as future keys, released while a producer ran
+/// inside the round, by drains, and checked against the reference merge; and a pre-sleep
+/// check said to sleep until a deadline.
+#[test]
+fn merge_regressions_cover_the_rule() {
+    let summaries: Vec<merge::Summary> = cases("merge")
+        .iter()
+        .map(|(_, bytes)| merge::check(&merge::Script::from_bytes(bytes)))
+        .collect();
+    let any = |f: fn(&merge::Summary) -> bool| summaries.iter().any(f);
+    assert!(
+        any(|s| s.stats.waits > 0),
+        "no round waited for a quiet ring"
+    );
+    assert!(any(|s| s.stats.out_of_order > 0), "nothing out of order");
+    assert!(any(|s| s.stats.future_keys > 0), "no future key");
+    assert!(
+        any(|s| s.released_by_rounds > 0 && s.in_time),
+        "no reference merge"
+    );
+    assert!(any(|s| !s.in_time), "every seed kept the conditions");
+    assert!(
+        any(|s| s.released_by_drains > 0),
+        "nothing released by a drain"
+    );
+    assert!(any(|s| s.output_during_round), "no output inside a round");
+    assert!(any(|s| s.slept_until), "no sleep until a deadline");
 }
 
 /// The checker is not vacuous either: a consumer that returned other bytes than the

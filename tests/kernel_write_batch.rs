@@ -58,10 +58,12 @@ fn sample(round: usize, i: usize) -> Vec<u8> {
 fn a_published_batch_is_drained_in_order_across_the_wrap() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let mut forward = Forward::new(4096, 256);
+    let size = kit::ring_size_at_least(4096);
+    let mut forward = Forward::new(size, 256);
     let mut ring = UserRingBuf::new(&forward.user_map).unwrap();
-    // Rounds of batches of various sizes: the records wrap around the 4 KiB ring many times.
-    for round in 0..40 {
+    // Rounds of batches of various sizes: about 5 records of about 110 bytes a round, so the
+    // records wrap around the ring (one page, at least 4 KiB) several times.
+    for round in 0..40 * size / 4096 {
         let mut written = Vec::new();
         let mut batch = ring.batch().unwrap();
         for i in 0..(round % 9 + 1) {
@@ -82,19 +84,22 @@ fn a_published_batch_is_drained_in_order_across_the_wrap() {
         assert_eq!(drained, written.len() as i64, "round {round}");
         assert_eq!(out, written, "round {round}");
     }
-    assert_eq!(ring.free_space().unwrap(), 4096);
+    assert_eq!(ring.free_space().unwrap(), size);
 }
 
 #[test]
 fn a_batch_fills_the_ring_exactly_and_reservations_follow_it() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
-    let mut forward = Forward::new(4096, 256);
+    let size = kit::ring_size_at_least(4096);
+    let mut forward = Forward::new(size, 256);
     let mut ring = UserRingBuf::new(&forward.user_map).unwrap();
     let mut batch = ring.batch().unwrap();
-    // 4096 bytes: 32 records of 120 payload bytes take 128 each.
-    for i in 0..32u8 {
-        batch.push(&[i; 120]).unwrap();
+    // Records of 120 payload bytes take 128 each: `size / 128` of them fill the ring.
+    let count = size / 128;
+    let record = |i: usize| vec![i as u8; 120];
+    for i in 0..count {
+        batch.push(&record(i)).unwrap();
     }
     assert_eq!(batch.free_space(), 0);
     assert!(matches!(
@@ -106,8 +111,8 @@ fn a_batch_fills_the_ring_exactly_and_reservations_follow_it() {
     ));
     drop(batch); // publishes too
     let (drained, out) = forward.drain();
-    assert_eq!(drained, 32);
-    assert_eq!(out, (0..32u8).map(|i| vec![i; 120]).collect::<Vec<_>>());
+    assert_eq!(drained, count as i64);
+    assert_eq!(out, (0..count).map(record).collect::<Vec<_>>());
     // The single-record path continues from where the batch left producer_pos.
     ring.output(b"after").unwrap();
     assert_eq!(forward.drain(), (1, vec![b"after".to_vec()]));

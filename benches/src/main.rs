@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --manifest-path benches/Cargo.toml -- all [--out docs]   # everything: tables, CSV, plots
 //! cargo run --release --manifest-path benches/Cargo.toml -- drain [--reps N] [--sizes 8,128,...]
-//! cargo run --release --manifest-path benches/Cargo.toml -- sweep | stride | tlb | e2e | busy | user | perfbuf
+//! cargo run --release --manifest-path benches/Cargo.toml -- sweep | stride | tlb | e2e | busy | user | perfbuf | merge
 //! cargo run --release --manifest-path benches/Cargo.toml -- instructions | smoke
 //! cargo run --release --manifest-path benches/Cargo.toml -- callgrind <impl> <workload> <size> <fill-only|fill-and-drain>
 //! ```
@@ -15,6 +15,7 @@ mod drain;
 mod drainers;
 mod e2e;
 mod instructions;
+mod merge;
 mod perfbuf;
 mod plot;
 mod stride;
@@ -114,6 +115,7 @@ fn main() {
         "tlb" => print!("{}", drain::tlb(&options)),
         "user" => print!("{}", user::report(&user::run(&options))),
         "perfbuf" => print!("{}", perfbuf::report(&perfbuf::run(&options))),
+        "merge" => print!("{}", merge::report(&merge::run(&options))),
         "instructions" => print!("{}", instructions::report(&instructions::run(&options))),
         "callgrind" => instructions::driver(&args[1..]),
         "smoke" => smoke(),
@@ -130,7 +132,7 @@ fn main() {
         "all" => all(&options),
         other => {
             eprintln!(
-                "unknown mode {other}: drain | sweep | stride | tlb | e2e | busy | user | perfbuf | instructions | callgrind | smoke | plot | all"
+                "unknown mode {other}: drain | sweep | stride | tlb | e2e | busy | user | perfbuf | merge | instructions | callgrind | smoke | plot | all"
             );
             std::process::exit(2);
         }
@@ -173,6 +175,7 @@ fn smoke() {
             out: None,
         }))
     );
+    print!("{}", merge::report(&merge::run_with(&options, 20_000)));
 }
 
 /// Every benchmark, then the report (and with `--out DIR`, CSV files and the plots there).
@@ -196,6 +199,7 @@ fn all(options: &Options) {
     let busy = e2e::busy(options);
     let user = user::run(options);
     let perfbuf = perfbuf::run(options);
+    let merge = merge::run(options);
     let instructions = instructions::run(options);
     let load_after = load_average();
     let mut report = String::new();
@@ -222,6 +226,7 @@ fn all(options: &Options) {
     report += &e2e::report(&e2e_results, &busy);
     report += &user::report(&user);
     report += &perfbuf::report(&perfbuf);
+    report += &merge::report(&merge);
     report += &instructions::report(&instructions);
     print!("{report}");
     if let Some(out) = &options.out {

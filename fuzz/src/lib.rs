@@ -9,6 +9,7 @@ pub mod check;
 pub mod decode;
 pub mod differential;
 pub mod input;
+pub mod merge;
 pub mod overwrite;
 pub mod records;
 pub mod reference;
@@ -30,6 +31,7 @@ macro_rules! arbitrary_from_bytes {
 arbitrary_from_bytes! {
     decode::DecodeCase => decode::DecodeCase::from_bytes,
     differential::Script => differential::Script::from_bytes,
+    merge::Script => merge::Script::from_bytes,
     overwrite::Script => overwrite::Script::from_bytes,
     records::Layout => records::Layout::from_bytes,
     user_producer::Script => user_producer::Script::from_bytes,

@@ -77,6 +77,17 @@ reader_waiting_methods!(RingBuf, |consumer| consumer.check_before_sleep()
     == Readiness::Readable);
 
 impl RingBuf {
+    /// The consumer, for the merged reader ([`crate::merge`] reaches it through its sealed
+    /// `Source` trait; nothing outside the crate does).
+    pub(crate) fn consumer(&self) -> &Consumer<RingMapping> {
+        &self.consumer
+    }
+
+    /// As [`consumer`](Self::consumer), to publish and count what a merge round read.
+    pub(crate) fn consumer_mut(&mut self) -> &mut Consumer<RingMapping> {
+        &mut self.consumer
+    }
+
     /// A zero-copy batch of the records committed so far; it publishes `consumer_pos` once,
     /// when dropped. See [`Consumer::batch`].
     pub fn batch(&mut self) -> Batch<'_, RingMapping> {

@@ -459,6 +459,128 @@ pub fn stamped(
     }
 }
 
+/// Layout of a [`ktime_stamped`] record: `u64 stamp` (`bpf_ktime_get_ns()`, taken before the
+/// reservation), `u64 sequence` (per CPU, from 1, counted only for successful reservations),
+/// `u32 cpu`, `u32 delay` (with `measure_delay`: nanoseconds from the stamp to a second
+/// `bpf_ktime_get_ns()` right before the submit, saturated at `u32::MAX`; otherwise zero).
+pub const KTIME_STAMP_LEN: usize = 24;
+
+/// The `delay` word of a [`ktime_stamped`] record (see [`KTIME_STAMP_LEN`]).
+pub fn ktime_delay(record: &[u8]) -> u32 {
+    u32::from_ne_bytes(record[20..24].try_into().unwrap())
+}
+
+/// Decodes a [`ktime_stamped`] record: (stamp, cpu, sequence).
+pub fn ktime_stamp(record: &[u8]) -> (u64, u32, u64) {
+    let stamp = u64::from_ne_bytes(record[..8].try_into().unwrap());
+    let sequence = u64::from_ne_bytes(record[8..16].try_into().unwrap());
+    let cpu = u32::from_ne_bytes(record[16..20].try_into().unwrap());
+    (stamp, cpu, sequence)
+}
+
+/// A producer as tracing programs are written: `ts = bpf_ktime_get_ns()` first, then some
+/// work (`work` iterations of an empty `bpf_loop`, as a program collecting its event's
+/// fields would spend), then `bpf_ringbuf_reserve` of a [`KTIME_STAMP_LEN`]-byte record,
+/// filled with the stamp, the next per-CPU sequence number (counted in `sequence`, a
+/// [`percpu_counter_map`], only for successful reservations) and the CPU, then submitted with
+/// `flags`. A failed reservation increments `drops` (another per-CPU counter). Stamping before
+/// reserving is the order that makes merging per-CPU rings hard: a record stamped earlier may
+/// be committed later, while its ring still looks empty. With `measure_delay`, the program
+/// reads the clock again right before it submits and stores how long it took since the stamp
+/// ([`ktime_delay`]): how late the commit came, as the program itself saw it.
+pub fn ktime_stamped(
+    ring: BorrowedFd<'_>,
+    sequence: BorrowedFd<'_>,
+    drops: BorrowedFd<'_>,
+    flags: u64,
+    work: u32,
+    measure_delay: bool,
+) -> Producer {
+    let mut p = Program::new();
+    // r9 = &sequence[cpu]
+    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
+        .extend(insn::ld_map_fd(R1, sequence))
+        .push(insn::mov64_reg(R2, R10))
+        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
+        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::mov64_reg(R9, R0))
+        // r8 = bpf_ktime_get_ns()
+        .push(insn::call_helper(helper::KTIME_GET_NS))
+        .push(insn::mov64_reg(R8, R0));
+    if work > 0 {
+        p.push(insn::mov64_imm(R1, work as i32))
+            .ld_pseudo_func_label(R2, "callback")
+            .push(insn::mov64_imm(R3, 0))
+            .push(insn::mov64_imm(R4, 0))
+            .push(insn::call_helper(helper::LOOP));
+    }
+    // r7 = reserve(ring, 24)
+    p.extend(insn::ld_map_fd(R1, ring))
+        .push(insn::mov64_imm(R2, KTIME_STAMP_LEN as i32))
+        .push(insn::mov64_imm(R3, 0))
+        .push(insn::call_helper(helper::RINGBUF_RESERVE))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "dropped")
+        .push(insn::mov64_reg(R7, R0))
+        .push(insn::stx_mem(MemSize::DW, R7, R8, 0))
+        // record.sequence = ++sequence[cpu]
+        .push(insn::ldx_mem(MemSize::DW, R1, R9, 0))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R9, R1, 0))
+        .push(insn::stx_mem(MemSize::DW, R7, R1, 8))
+        .push(insn::call_helper(helper::GET_SMP_PROCESSOR_ID))
+        .push(insn::stx_mem(MemSize::W, R7, R0, 16))
+        .push(insn::st_mem(MemSize::W, R7, 20, 0));
+    if measure_delay {
+        // record.delay = min(bpf_ktime_get_ns() - stamp, u32::MAX)
+        p.push(insn::call_helper(helper::KTIME_GET_NS))
+            .push(insn::alu64_reg(AluOp::SUB, R0, R8))
+            .push(insn::mov64_reg(R1, R0))
+            .push(insn::alu64_imm(AluOp::RSH, R1, 32))
+            .jmp_imm_label(JmpOp::JEQ, R1, 0, "delay_fits")
+            .push(insn::st_mem(MemSize::W, R7, 20, -1))
+            .jmp_imm_label(JmpOp::JA, R0, 0, "delay_stored")
+            .label("delay_fits")
+            .push(insn::stx_mem(MemSize::W, R7, R0, 20))
+            .label("delay_stored");
+    }
+    p.push(insn::mov64_reg(R1, R7))
+        .push(insn::mov64_imm(R2, flags as i32))
+        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        // drops[cpu] += 1
+        .label("dropped")
+        .push(insn::st_mem(MemSize::W, R10, -4, 0))
+        .extend(insn::ld_map_fd(R1, drops))
+        .push(insn::mov64_reg(R2, R10))
+        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
+        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
+        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .push(insn::ldx_mem(MemSize::DW, R1, R0, 0))
+        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
+        .push(insn::stx_mem(MemSize::DW, R0, R1, 0))
+        .push(insn::mov64_imm(R0, XDP_PASS as i32))
+        .push(insn::exit())
+        .label("fail")
+        .push(insn::mov64_imm(R0, 0))
+        .push(insn::exit());
+    let fd = if work > 0 {
+        p.label("callback")
+            .push(insn::mov64_imm(R0, 0))
+            .push(insn::exit());
+        let callback = p.label_index("callback").expect("callback label") as u32;
+        let (btf, func_info) = btf_main_and_callback(callback);
+        load_xdp(&p, Some((&btf, &func_info)))
+    } else {
+        load_xdp(&p, None)
+    };
+    Producer {
+        fd: fd.expect("load ktime-stamped producer"),
+        packet: packet(64),
+    }
+}
+
 /// `BPF_F_XDP_HAS_FRAGS`: the program handles multi-buffer packets, so `BPF_PROG_TEST_RUN`
 /// accepts test packets longer than one page's linear area (the rest goes into fragments).
 pub const XDP_HAS_FRAGS: u32 = 1 << 5;
