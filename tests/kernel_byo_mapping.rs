@@ -5,9 +5,9 @@
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bpf_ringbuf::sys::rustix::mm::ProtFlags;
 use bpf_ringbuf::{Consumer, Positions, ReadError, RingBuf, RingMemory};
 use bpf_ringbuf_testkit::{self as kit, require_kernel};
+use rustix::mm::ProtFlags;
 
 #[path = "../examples/byo_mapping.rs"]
 #[allow(dead_code)]

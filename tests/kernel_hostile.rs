@@ -48,10 +48,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bpf_ringbuf::geometry::distance;
-use bpf_ringbuf::sys::{self, MapCreate, MapFlags, MapType, Mapping};
 use bpf_ringbuf::{
     Error, PollOutcome, Poller, ReadError, ReserveError, RingBuf, UserRingBuf, WaitOutcome,
 };
+use bpf_ringbuf_sys::{self as sys, MapCreate, MapFlags, MapType, Mapping};
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel, PositionWatch};
 use rustix::mm::ProtFlags;
 

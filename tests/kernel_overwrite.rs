@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpf_ringbuf::probe::{self, Feature, Support};
-use bpf_ringbuf::sys::{MapFlags, MapType};
 use bpf_ringbuf::{Error, MapSource, OpenError, OverwriteRingBuf, RingBuf, WaitOutcome};
+use bpf_ringbuf_sys::{MapFlags, MapType};
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
 
 const OVERWRITE_SINCE: (u32, u32) = (6, 19);

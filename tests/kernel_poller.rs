@@ -791,8 +791,7 @@ fn a_moved_consumer_pos_is_reported_with_the_map_id_and_recovered_outside_the_po
         ring.map.as_fd(),
         0,
         kit::page_size(),
-        bpf_ringbuf::sys::rustix::mm::ProtFlags::READ
-            | bpf_ringbuf::sys::rustix::mm::ProtFlags::WRITE,
+        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
     )
     .unwrap();
     // SAFETY: the first word of a page-aligned mapping that lives until the end of the test;

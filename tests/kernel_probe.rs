@@ -8,10 +8,10 @@
 use std::os::fd::AsFd;
 
 use bpf_ringbuf::probe::{self, Feature, Support};
-use bpf_ringbuf::sys::rustix::mm::ProtFlags;
-use bpf_ringbuf::sys::{self, Errno, MapFlags, MapType, Mapping};
 use bpf_ringbuf::{Error, RingBuf};
+use bpf_ringbuf_sys::{self as sys, Errno, MapFlags, MapType, Mapping};
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
+use rustix::mm::ProtFlags;
 
 /// `BPF_F_RB_OVERWRITE` on a RINGBUF: Linux 6.19.
 const OVERWRITE_SINCE: (u32, u32) = (6, 19);
@@ -164,11 +164,11 @@ fn overwrite_ring_accepts_records_past_full() {
         let producer = kit::output_from_array(map.as_fd(), payload.as_fd(), 8, 0);
         let mut refused = 0;
         for _ in 0..records {
-            let run = sys::prog_test_run(
+            let run = kit::prog_test_run(
                 producer.fd(),
-                &sys::TestRun {
+                &kit::TestRun {
                     data_in: &[0u8; 64],
-                    ..sys::TestRun::default()
+                    ..kit::TestRun::default()
                 },
             )
             .unwrap();

@@ -20,10 +20,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bpf_ringbuf::geometry::distance;
-use bpf_ringbuf::sys::{map_info, obj_pin, MapType, Mapping};
 use bpf_ringbuf::{
     Error, MapSource, OpenError, ReadError, Readiness, RingBuf, UserRingBuf, WaitOutcome,
 };
+use bpf_ringbuf_sys::{map_info, obj_pin, MapType, Mapping};
 use bpf_ringbuf_testkit::{
     self as kit, require_feature, require_kernel, Commit, EventFlags, SamplerWord, SignalWatch,
 };

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bpf_ringbuf::model::{HeapRing, Wakeup};
 use bpf_ringbuf::producer::{MAX_SAMPLES_PER_DRAIN, MAX_SAMPLE_LEN};
-use bpf_ringbuf::sys::MapType;
 use bpf_ringbuf::{Error, MapSource, OpenError, ReserveError, RingBuf, UserRingBuf};
+use bpf_ringbuf_sys::MapType;
 use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
 
 const EINVAL: i64 = 22;
@@ -40,7 +40,7 @@ fn write_samples(ring: &UserRingBuf, count: usize, first_seq: u32) -> Result<(),
 
 #[test]
 fn mappings_have_the_kernel_permissions() {
-    use bpf_ringbuf::sys::rustix::mm::{MprotectFlags, ProtFlags};
+    use rustix::mm::{MprotectFlags, ProtFlags};
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
     let page = kit::page_size();
@@ -584,7 +584,7 @@ fn opens_from_a_pinned_path() {
     // A private BPF filesystem, so the test neither needs nor touches /sys/fs/bpf.
     let bpffs = kit::PrivateBpffs::new().expect("mount a private bpffs");
     let pin = bpffs.path().join("user_ring");
-    bpf_ringbuf::sys::obj_pin(map.as_fd(), &pin).unwrap();
+    bpf_ringbuf_sys::obj_pin(map.as_fd(), &pin).unwrap();
     let ring = UserRingBuf::from_pinned(&pin).unwrap();
     ring.output(b"via the pin").unwrap();
     assert_eq!(ring.positions().producer, 24);

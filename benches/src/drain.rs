@@ -4,10 +4,10 @@ use std::fmt::Write as _;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-use bpf_ringbuf_sys::insn::{
+use bpf_ringbuf_testkit::insn::{
     self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4,
 };
-use bpf_ringbuf_sys::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
+use bpf_ringbuf_testkit::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
 use bpf_ringbuf_testkit as kit;
 
 use crate::drainers::{Drainers, Impl, Workload};

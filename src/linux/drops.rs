@@ -31,19 +31,20 @@ use crate::{Error, MapSource, OpenError};
 /// `BPF_MAP_TYPE_ARRAY` `u64` the program increments atomically, at key 0 or another key.
 ///
 /// ```no_run
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use bpf_ringbuf::DropCounter;
+/// use std::os::fd::AsFd;
 ///
-/// let map = bpf_ringbuf::sys::obj_get("/sys/fs/bpf/drops".as_ref())?;
-/// let mut drops = DropCounter::new(&map)?;
-/// loop {
-///     std::thread::sleep(std::time::Duration::from_secs(1));
-///     let lost = drops.lost_since_last()?;
-///     if lost > 0 {
-///         eprintln!("lost {lost} events in the last second ({} in all)", drops.last_total());
+/// // `map` is the program's `drops` map, from the loader (a libbpf-rs `Map`, an aya map's fd).
+/// fn report(map: impl AsFd) -> Result<(), bpf_ringbuf::Error> {
+///     let mut drops = DropCounter::new(map)?;
+///     loop {
+///         std::thread::sleep(std::time::Duration::from_secs(1));
+///         let lost = drops.lost_since_last()?;
+///         if lost > 0 {
+///             eprintln!("lost {lost} events in the last second ({} in all)", drops.last_total());
+///         }
 ///     }
 /// }
-/// # }
 /// ```
 #[derive(Debug)]
 pub struct DropCounter {

@@ -33,6 +33,10 @@ pub use tokio::{AsyncRingBuf, AsyncUserRingBuf};
 pub use user::UserRingBuf;
 pub use wait::WaitStats;
 
-/// The kernel interface crate, re-exported so users name the same types (`MapType`,
-/// `BpfError`, ...) this crate uses.
-pub use bpf_ringbuf_sys as sys;
+/// The kernel-interface types this crate's API names: the error of a refused `bpf(2)` command
+/// ([`Error::Bpf`], [`OpenError::Bpf`]) with its command and `errno`, and the map type an
+/// [`OpenError::WrongMapType`] reports. They come from `bpf-ringbuf-sys`, the crate's syscall
+/// layer; nothing else of it is part of this crate's API.
+pub mod sys {
+    pub use bpf_ringbuf_sys::{BpfError, Command, Errno, MapType};
+}

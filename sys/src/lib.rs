@@ -3,15 +3,12 @@
 //!
 //! - Maps: [`map_create`], [`map_info`], [`map_get_fd_by_id`], [`map_lookup_elem`],
 //!   [`map_update_elem`]; pinning with [`obj_pin`] / [`obj_get`].
-//! - Programs: [`prog_load`] (the error carries the verifier log) and [`prog_test_run`], which
-//!   runs a program in the kernel — how the tests produce real kernel records.
-//! - BTF: [`btf_load`] and a small [`BtfBuilder`](btf::BtfBuilder), enough for callback
-//!   subprograms (`bpf_user_ringbuf_drain`, `bpf_loop`).
-//! - [`insn`]: a small BPF assembler for tests, examples and benchmarks.
 //! - [`Mapping`]: an owned shared `mmap` of a map (ring buffer pages).
 //! - [`event`]: `eventfd` helpers; [`rustix`] is re-exported for epoll and friends.
 //!
-//! The ring buffer protocol itself is not here: this crate only talks to the kernel.
+//! The ring buffer protocol itself is not here: this crate only talks to the kernel. Nor are
+//! programs: loading and running BPF programs is what the crate's tests do (their unpublished
+//! test kit has its own assembler, BTF builder and program loader), never what the crate does.
 //!
 //! File descriptors go in as [`BorrowedFd`](std::os::fd::BorrowedFd) and come out as
 //! [`OwnedFd`](std::os::fd::OwnedFd) (close-on-exec, as the kernel creates every BPF fd).
@@ -34,19 +31,15 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod abi;
-pub mod btf;
 mod command;
 mod error;
 pub mod event;
-pub mod insn;
 mod map;
 mod mmap;
 mod obj;
-mod prog;
 mod syscall;
 
-pub use abi::{FuncInfo, MapInfo, OBJ_NAME_LEN};
-pub use btf::btf_load;
+pub use abi::{MapInfo, OBJ_NAME_LEN};
 pub use command::Command;
 pub use error::BpfError;
 pub use map::{
@@ -55,10 +48,6 @@ pub use map::{
 };
 pub use mmap::Mapping;
 pub use obj::{obj_get, obj_pin};
-pub use prog::{
-    prog_load, prog_test_run, xdp_action, ProgLoad, ProgType, TestRun, TestRunOutput,
-    LOG_BUFFER_SIZE,
-};
 /// The exact rustix this crate is built against (for `Errno`, `ProtFlags`, epoll, ...).
 pub use rustix;
 pub use rustix::io::Errno;

@@ -6,10 +6,12 @@
 //! they do not load or attach programs.
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use bpf_ringbuf_sys::insn::{self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R2, R3, R7};
-use bpf_ringbuf_sys::{prog_load, BpfError, Command, Errno, ProgLoad, ProgType};
+use crate::bpf::{bpf, owned_fd};
+use crate::insn::{self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R2, R3, R7};
+use crate::{prog_load, ProgLoad, ProgType};
+use bpf_ringbuf_sys::{BpfError, Command, Errno};
 
 /// `bpf_get_current_pid_tgid()` (include/uapi/linux/bpf.h).
 const GET_CURRENT_PID_TGID: u32 = 14;
@@ -138,21 +140,9 @@ pub fn raw_tracepoint_open(name: &CStr, prog: BorrowedFd<'_>) -> Result<OwnedFd,
         _pad: 0,
     };
     // SAFETY: `attr` is the uapi layout of this command's attributes with every byte
-    // initialized (explicit padding); the kernel reads `size_of::<RawTracepointAttr>()` bytes
-    // of it and a NUL-terminated string at `name`, which `name` borrows for the whole call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            Command::RawTracepointOpen as libc::c_long,
-            &mut attr as *mut RawTracepointAttr,
-            core::mem::size_of::<RawTracepointAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-        ));
-    }
+    // initialized (explicit padding); the kernel reads it and a NUL-terminated string at
+    // `name`, which `name` borrows for the whole call.
+    let fd = unsafe { bpf(Command::RawTracepointOpen, &mut attr) }?;
     // SAFETY: a successful BPF_RAW_TRACEPOINT_OPEN returns a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+    Ok(unsafe { owned_fd(fd) })
 }

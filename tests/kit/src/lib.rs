@@ -15,13 +15,14 @@
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use bpf_ringbuf_sys::btf::{BtfBuilder, FuncLinkage};
-use bpf_ringbuf_sys::insn::{
-    self, helper, AluOp, Insn, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9,
-};
 use bpf_ringbuf_sys::{
-    map_create, map_lookup_elem, map_update_elem, prog_load, prog_test_run, BpfError, Errno,
-    FuncInfo, MapCreate, MapFlags, MapType, Mapping, ProgLoad, ProgType, TestRun, TestRunOutput,
+    map_create, map_lookup_elem, map_update_elem, BpfError, Errno, MapCreate, MapFlags, MapType,
+    Mapping,
+};
+
+use btf::{BtfBuilder, FuncLinkage};
+use insn::{
+    helper, AluOp, Insn, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9,
 };
 
 /// `BPF_RB_NO_WAKEUP`.
@@ -31,7 +32,18 @@ pub const FORCE_WAKEUP: u64 = 2;
 /// `XDP_PASS`, what every producer program here returns on success.
 pub const XDP_PASS: u32 = 2;
 
+mod bpf;
+pub mod btf;
 pub mod exec;
+pub mod insn;
+mod prog;
+
+pub use bpf::FuncInfo;
+pub use btf::btf_load;
+pub use prog::{
+    prog_load, prog_test_run, xdp_action, ProgLoad, ProgType, TestRun, TestRunOutput,
+    LOG_BUFFER_SIZE,
+};
 
 const GPL: &CStr = c"GPL";
 
@@ -274,7 +286,7 @@ pub fn btf_main_and_callback(callback_insn: u32) -> (OwnedFd, [FuncInfo; 2]) {
     let callback_proto = btf.func_proto(int, &[("a", ptr), ("b", ptr)]);
     let main = btf.func("main", main_proto, FuncLinkage::Global);
     let callback = btf.func("callback", callback_proto, FuncLinkage::Static);
-    let fd = bpf_ringbuf_sys::btf_load(&btf.build()).expect("load BTF");
+    let fd = btf_load(&btf.build()).expect("load BTF");
     (
         fd,
         [
@@ -1395,7 +1407,7 @@ pub fn overwrite_selftest_failures(retval: u32) -> Vec<u32> {
 pub fn overwrite_selftest(ring: BorrowedFd<'_>, lens: [u32; 4]) -> Producer {
     let [len1, len2, len3, len4] = lens;
     let mut p = Program::new();
-    let reserve = |p: &mut Program, len: u32, into: bpf_ringbuf_sys::insn::Reg, fail: &str| {
+    let reserve = |p: &mut Program, len: u32, into: insn::Reg, fail: &str| {
         p.extend(insn::ld_map_fd(R1, ring))
             .push(insn::mov64_imm(R2, len as i32))
             .push(insn::mov64_imm(R3, 0))
@@ -1403,7 +1415,7 @@ pub fn overwrite_selftest(ring: BorrowedFd<'_>, lens: [u32; 4]) -> Producer {
             .jmp_imm_label(JmpOp::JEQ, R0, 0, fail)
             .push(insn::mov64_reg(into, R0));
     };
-    let fill8 = |p: &mut Program, reg: bpf_ringbuf_sys::insn::Reg, byte: u8| {
+    let fill8 = |p: &mut Program, reg: insn::Reg, byte: u8| {
         p.extend(insn::ld_imm64(R1, u64::from_ne_bytes([byte; 8])))
             .push(insn::stx_mem(MemSize::DW, reg, R1, 0));
     };

@@ -5,7 +5,7 @@
 //! for jumps and callback references.
 //!
 //! ```
-//! use bpf_ringbuf_sys::insn::{self, AluOp, JmpOp, Program, R0};
+//! use bpf_ringbuf_testkit::insn::{self, AluOp, JmpOp, Program, R0};
 //! let mut program = Program::new();
 //! program
 //!     .push(insn::mov64_imm(R0, 0))
@@ -40,10 +40,10 @@ pub struct Insn {
 
 const _: () = {
     assert!(core::mem::size_of::<Insn>() == 8);
-    assert!(memoffset::offset_of!(Insn, code) == 0);
-    assert!(memoffset::offset_of!(Insn, regs) == 1);
-    assert!(memoffset::offset_of!(Insn, off) == 2);
-    assert!(memoffset::offset_of!(Insn, imm) == 4);
+    assert!(core::mem::offset_of!(Insn, code) == 0);
+    assert!(core::mem::offset_of!(Insn, regs) == 1);
+    assert!(core::mem::offset_of!(Insn, off) == 2);
+    assert!(core::mem::offset_of!(Insn, imm) == 4);
 };
 
 // `__u8 dst_reg:4; __u8 src_reg:4;`: C compilers allocate bitfields from the least significant

@@ -6,10 +6,10 @@ use std::os::fd::OwnedFd;
 
 use rustix::io::Errno;
 
-use crate::abi::BtfLoadAttr;
+use bpf_ringbuf_sys::{BpfError, Command};
+
+use crate::bpf::{bpf, owned_fd, BtfLoadAttr};
 use crate::prog::LOG_BUFFER_SIZE;
-use crate::syscall::{bpf, owned_fd};
-use crate::{BpfError, Command};
 
 /// `BTF_MAGIC`.
 pub const BTF_MAGIC: u16 = 0xeb9f;
@@ -95,7 +95,7 @@ pub enum FuncLinkage {
 /// from [`FuncInfo`](crate::FuncInfo) records.
 ///
 /// ```
-/// use bpf_ringbuf_sys::btf::{BtfBuilder, FuncLinkage};
+/// use bpf_ringbuf_testkit::btf::{BtfBuilder, FuncLinkage};
 /// let mut btf = BtfBuilder::new();
 /// let int = btf.int("int", 4, true);
 /// let void_ptr = btf.ptr(0);

@@ -6,11 +6,10 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
 
-use crate::abi::{ProgLoadAttr, TestRunAttr, OBJ_NAME_LEN};
+use bpf_ringbuf_sys::{BpfError, Command};
+
+use crate::bpf::{bpf, object_name, owned_fd, FuncInfo, ProgLoadAttr, TestRunAttr, OBJ_NAME_LEN};
 use crate::insn::Insn;
-use crate::map::object_name;
-use crate::syscall::{bpf, owned_fd};
-use crate::{BpfError, Command, FuncInfo};
 
 /// A program type (`enum bpf_prog_type`), transparent over `u32`.
 ///
