@@ -79,7 +79,9 @@ impl DropCounter {
         let map = rustix::io::fcntl_dupfd_cloexec(map.as_fd(), 0)?;
         let info = sys::map_info(map.as_fd())?;
         let slots = match info.map_type() {
-            MapType::PERCPU_ARRAY => sys::possible_cpus().map_err(Error::Io)?,
+            MapType::PERCPU_ARRAY => {
+                sys::possible_cpus().map_err(|errno| Error::Io(errno.into()))?
+            }
             MapType::ARRAY => 1,
             found => {
                 return Err(Error::Open {

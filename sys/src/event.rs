@@ -1,7 +1,7 @@
 //! Small `eventfd` helpers for waking a ring reader. Everything else a reader needs from the
 //! kernel (epoll, poll) is in [`rustix::event`], re-exported as [`crate::rustix`].
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::io::{read, write, Errno};
@@ -20,7 +20,7 @@ pub fn eventfd_new() -> Result<OwnedFd, Errno> {
 /// # Errors
 ///
 /// `EAGAIN` if the counter would overflow (after 2^64 - 2 unconsumed signals).
-pub fn eventfd_signal(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+pub fn eventfd_signal(fd: impl AsFd) -> Result<(), Errno> {
     write(fd, &1u64.to_ne_bytes()).map(|_| ())
 }
 
@@ -29,7 +29,7 @@ pub fn eventfd_signal(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// # Errors
 ///
 /// The error of `read(2)` other than `EAGAIN`.
-pub fn eventfd_drain(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+pub fn eventfd_drain(fd: impl AsFd) -> Result<u64, Errno> {
     let mut buf = [0u8; 8];
     match read(fd, &mut buf) {
         Ok(8) => Ok(u64::from_ne_bytes(buf)),

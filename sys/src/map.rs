@@ -1,7 +1,7 @@
 //! Maps: creation, information, lookup by id, element access.
 
 use core::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use bitflags::bitflags;
 use rustix::io::Errno;
@@ -296,8 +296,7 @@ pub fn map_create(attr: &MapCreate<'_>) -> Result<OwnedFd, BpfError> {
     };
     // SAFETY: `MapCreateAttr` is the BPF_MAP_CREATE layout with no implicit padding; it holds
     // no pointers.
-    let fd = unsafe { bpf(Command::MapCreate, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::MapCreate, errno))?;
+    let fd = unsafe { bpf(Command::MapCreate, &mut raw) }?;
     // SAFETY: a successful BPF_MAP_CREATE returns a new descriptor owned by the caller.
     Ok(unsafe { owned_fd(fd) })
 }
@@ -309,10 +308,10 @@ pub fn map_create(attr: &MapCreate<'_>) -> Result<OwnedFd, BpfError> {
 /// `EINVAL` when `map` is not a BPF object, `EBADF` for a bad descriptor. `map` must be a map:
 /// programs, links and BTF objects answer with their own info structures, which this function
 /// would misread as a [`MapInfo`] (harmlessly: every bit pattern is a valid `MapInfo`).
-pub fn map_info(map: BorrowedFd<'_>) -> Result<MapInfo, BpfError> {
+pub fn map_info(map: impl AsFd) -> Result<MapInfo, BpfError> {
     let mut info = MapInfo::default();
     let mut raw = InfoAttr {
-        bpf_fd: map.as_raw_fd() as u32,
+        bpf_fd: map.as_fd().as_raw_fd() as u32,
         info_len: core::mem::size_of::<MapInfo>() as u32,
         info: &mut info as *mut MapInfo as usize as u64,
     };
@@ -320,8 +319,7 @@ pub fn map_info(map: BorrowedFd<'_>) -> Result<MapInfo, BpfError> {
     // `info` points to a live, exclusively borrowed `MapInfo` of `info_len` bytes, which the
     // kernel writes at most `info_len` bytes of. All bit patterns are valid for `MapInfo`
     // (integers and byte arrays only).
-    unsafe { bpf(Command::ObjGetInfoByFd, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::ObjGetInfoByFd, errno))?;
+    unsafe { bpf(Command::ObjGetInfoByFd, &mut raw) }?;
     Ok(info)
 }
 
@@ -337,8 +335,7 @@ pub fn map_get_fd_by_id(id: u32) -> Result<OwnedFd, BpfError> {
     };
     // SAFETY: `GetFdByIdAttr` is the BPF_MAP_GET_FD_BY_ID layout with no implicit padding; it
     // holds no pointers.
-    let fd = unsafe { bpf(Command::MapGetFdById, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::MapGetFdById, errno))?;
+    let fd = unsafe { bpf(Command::MapGetFdById, &mut raw) }?;
     // SAFETY: a successful BPF_MAP_GET_FD_BY_ID returns a new descriptor owned by the caller.
     Ok(unsafe { owned_fd(fd) })
 }
@@ -354,7 +351,7 @@ fn check_elem_sizes(
     let info = map_info(map)?;
     let value_len = if info.map_type().is_per_cpu() {
         // One slot per possible CPU, each rounded up to 8 bytes (bpf_map_value_size()).
-        let cpus = possible_cpus().map_err(|_| BpfError::new(command, Errno::INVAL))?;
+        let cpus = possible_cpus().map_err(|errno| BpfError::new(command, errno))?;
         (info.value_size as usize).next_multiple_of(8) * cpus
     } else {
         info.value_size as usize
@@ -370,15 +367,11 @@ fn check_elem_sizes(
 ///
 /// # Errors
 ///
-/// If the sysfs file cannot be read or parsed.
-pub fn possible_cpus() -> std::io::Result<usize> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    parse_cpu_ranges(&text).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("cannot parse possible CPUs {text:?}"),
-        )
-    })
+/// The `errno` of reading the sysfs file; `EINVAL` if its text is not a CPU list.
+pub fn possible_cpus() -> Result<usize, Errno> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .map_err(|error| Errno::from_io_error(&error).unwrap_or(Errno::IO))?;
+    parse_cpu_ranges(&text).ok_or(Errno::INVAL)
 }
 
 /// `"0-3,5"` -> 6 (one more than the highest CPU listed).
@@ -400,10 +393,11 @@ fn parse_cpu_ranges(text: &str) -> Option<usize> {
 ///
 /// `ENOENT` when there is no such element; `EINVAL` (without the lookup) for wrong buffer
 /// sizes. A per-CPU map's value spans one 8-byte-aligned slot per [possible CPU](possible_cpus).
-pub fn map_lookup_elem(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<(), BpfError> {
+pub fn map_lookup_elem(map: impl AsFd, key: &[u8], value: &mut [u8]) -> Result<(), BpfError> {
+    let map = map.as_fd();
     check_elem_sizes(Command::MapLookupElem, map, key, value)?;
     let mut raw = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
+        map_fd: map.as_fd().as_raw_fd() as u32,
         key: key.as_ptr() as usize as u64,
         value: value.as_mut_ptr() as usize as u64,
         ..MapElemAttr::default()
@@ -412,8 +406,7 @@ pub fn map_lookup_elem(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Res
     // reads `key_size` bytes from `key` and writes `value_size` bytes to `value`; both slices
     // were just checked to have exactly those lengths (per-CPU values included), and they
     // stay borrowed for the call.
-    unsafe { bpf(Command::MapLookupElem, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::MapLookupElem, errno))?;
+    unsafe { bpf(Command::MapLookupElem, &mut raw) }?;
     Ok(())
 }
 
@@ -427,14 +420,15 @@ pub fn map_lookup_elem(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Res
 /// The kernel's error (`E2BIG` when full, `EEXIST`/`ENOENT` for the existence flags, ...);
 /// `EINVAL` (without the update) for wrong buffer sizes.
 pub fn map_update_elem(
-    map: BorrowedFd<'_>,
+    map: impl AsFd,
     key: &[u8],
     value: &[u8],
     flags: u64,
 ) -> Result<(), BpfError> {
+    let map = map.as_fd();
     check_elem_sizes(Command::MapUpdateElem, map, key, value)?;
     let mut raw = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
+        map_fd: map.as_fd().as_raw_fd() as u32,
         key: key.as_ptr() as usize as u64,
         value: value.as_ptr() as usize as u64,
         flags,
@@ -443,8 +437,7 @@ pub fn map_update_elem(
     // SAFETY: `MapElemAttr` is the BPF_MAP_*_ELEM layout with no implicit padding. The kernel
     // only reads `key_size` bytes from `key` and `value_size` bytes from `value`; both lengths
     // were just checked, and the slices stay borrowed for the call.
-    unsafe { bpf(Command::MapUpdateElem, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::MapUpdateElem, errno))?;
+    unsafe { bpf(Command::MapUpdateElem, &mut raw) }?;
     Ok(())
 }
 

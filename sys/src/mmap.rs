@@ -1,7 +1,7 @@
 //! Shared mappings of map file descriptors (ring buffer pages).
 
 use core::ptr::NonNull;
-use std::os::fd::BorrowedFd;
+use std::os::fd::AsFd;
 
 use rustix::io::Errno;
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
@@ -37,7 +37,7 @@ impl Mapping {
     /// `EINVAL` when `len` is 0 or the range is not one the map allows, `EPERM`/`EACCES` for
     /// protections the map refuses (e.g. writing a RINGBUF's producer page).
     pub fn map_shared(
-        fd: BorrowedFd<'_>,
+        fd: impl AsFd,
         offset: u64,
         len: usize,
         prot: ProtFlags,

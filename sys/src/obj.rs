@@ -1,7 +1,7 @@
 //! Pinned objects in the BPF file system: `BPF_OBJ_PIN` and `BPF_OBJ_GET`.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -23,18 +23,17 @@ fn c_path(command: Command, path: &Path) -> Result<CString, BpfError> {
 ///
 /// `EEXIST` when `path` exists, `EPERM` when it is not inside a bpffs, `ENOENT` for a missing
 /// directory; `EINVAL` without a system call when `path` contains a NUL byte.
-pub fn obj_pin(object: BorrowedFd<'_>, path: &Path) -> Result<(), BpfError> {
+pub fn obj_pin(object: impl AsFd, path: &Path) -> Result<(), BpfError> {
     let path = c_path(Command::ObjPin, path)?;
     let mut raw = ObjAttr {
         pathname: path.as_ptr() as usize as u64,
-        bpf_fd: object.as_raw_fd() as u32,
+        bpf_fd: object.as_fd().as_raw_fd() as u32,
         ..ObjAttr::default()
     };
     // SAFETY: `ObjAttr` is the BPF_OBJ_PIN layout with no implicit padding; `pathname` points
     // to a NUL-terminated string that lives until the end of this function and that the kernel
     // only reads.
-    unsafe { bpf(Command::ObjPin, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::ObjPin, errno))?;
+    unsafe { bpf(Command::ObjPin, &mut raw) }?;
     Ok(())
 }
 
@@ -53,8 +52,7 @@ pub fn obj_get(path: &Path) -> Result<OwnedFd, BpfError> {
     // SAFETY: `ObjAttr` is the BPF_OBJ_GET layout with no implicit padding; `pathname` points
     // to a NUL-terminated string that lives until the end of this function and that the kernel
     // only reads.
-    let fd = unsafe { bpf(Command::ObjGet, &mut raw) }
-        .map_err(|errno| BpfError::new(Command::ObjGet, errno))?;
+    let fd = unsafe { bpf(Command::ObjGet, &mut raw) }?;
     // SAFETY: a successful BPF_OBJ_GET returns a new descriptor owned by the caller.
     Ok(unsafe { owned_fd(fd) })
 }

@@ -14,7 +14,7 @@
 
 use rustix::io::Errno;
 
-use crate::Command;
+use crate::{BpfError, Command};
 
 /// `__NR_bpf` for the target architecture: `arch/x86/entry/syscalls/syscall_64.tbl` (x86_64),
 /// the generic `include/uapi/asm-generic/unistd.h` table (aarch64, riscv64),
@@ -44,7 +44,9 @@ compile_error!(
 /// Issues `bpf(command, attr, size_of::<T>())`.
 ///
 /// Returns the non-negative return value of the system call (a new file descriptor for the
-/// commands that create one, zero for the others), or the `errno` the kernel reported.
+/// commands that create one, zero for the others), or a [`BpfError`] naming `command` and the
+/// `errno` the kernel reported: the command is named once, so the one in an error is always
+/// the one issued.
 ///
 /// # Safety
 ///
@@ -53,7 +55,7 @@ compile_error!(
 ///   and rejects non-zero bytes beyond the fields it knows.
 /// - Every pointer stored in `attr` must be valid for the reads and writes the kernel performs
 ///   through it for `command`, for the lengths stored next to it, for the duration of the call.
-pub(crate) unsafe fn bpf<T>(command: Command, attr: &mut T) -> Result<usize, Errno> {
+pub(crate) unsafe fn bpf<T>(command: Command, attr: &mut T) -> Result<usize, BpfError> {
     let size = core::mem::size_of::<T>();
     let attr = (attr as *mut T).cast::<u8>();
     // SAFETY: the kernel reads and writes `size` bytes at `attr`, which is a live, exclusive
@@ -64,7 +66,10 @@ pub(crate) unsafe fn bpf<T>(command: Command, attr: &mut T) -> Result<usize, Err
     let ret = unsafe { raw_syscall3(SYS_BPF, command as usize, attr as usize, size) };
     // The kernel returns `-errno` in the range -4095..=-1 on failure.
     if (-4095..0).contains(&ret) {
-        Err(Errno::from_raw_os_error(-ret as i32))
+        Err(BpfError::new(
+            command,
+            Errno::from_raw_os_error(-ret as i32),
+        ))
     } else {
         Ok(ret as usize)
     }
