@@ -15,7 +15,9 @@ use bpf_ringbuf::model::Wakeup;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::Consumer;
 use loom::sync::atomic::{AtomicU64, Ordering};
-use loom_common::{expect_failure, model, reached, times_reached, Kernel, LoomRing};
+use loom_common::{
+    expect_failure, model, reached, times_reached, with_preemption_cap, Kernel, LoomRing,
+};
 
 /// 64-byte rings: one 8-byte record (16 bytes with its header) each, never full.
 const RING_SIZE: usize = 64;
@@ -30,6 +32,20 @@ const LATENESS: u64 = 3;
 /// Rounds the merger makes while the producers run (more multiply the executions without
 /// reaching new orders); it drains the rest once they are done.
 const ROUNDS: usize = 2;
+
+/// The preemption bound of this file's models: two rings, each with its producer, and a
+/// merger whose every round loads and publishes both consumer positions make the executions
+/// grow fast with the bound. Measured on the project's 2-CPU machine (release build): bound 2
+/// explores 61,367 executions in 6.6 s, but the lateness control passes there (the bug needs
+/// three preemptions to show); bound 3 explores 1,055,681 in 94 s and every control fails as
+/// it must; bound 4 had not finished after 7 minutes (on a shared machine). So 3, whatever
+/// `LOOM_MAX_PREEMPTIONS` says for the other models; `LOOM_MERGE_MAX_PREEMPTIONS` overrides it.
+fn preemption_cap() -> usize {
+    std::env::var("LOOM_MERGE_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+}
 
 /// Coverage: a round released a record although the other producer had not even stamped its
 /// own when the round began (so its ring showed nothing), because the lateness had passed.
@@ -155,7 +171,7 @@ fn merged_in_key_order() {
 
 #[test]
 fn merge_releases_in_key_order() {
-    model(merged_in_key_order);
+    with_preemption_cap(preemption_cap(), || model(merged_in_key_order));
     assert!(
         times_reached(RELEASED_PAST_QUIET) > 0,
         "no execution released a record past a quiet ring"
@@ -171,31 +187,37 @@ fn merge_releases_in_key_order() {
 /// and committed right after the round looked is delivered after it.
 #[test]
 fn control_without_quiet_check() {
-    expect_failure(
-        SyncPoint::MergeQuietCheck,
-        "released out of key order",
-        merged_in_key_order,
-    );
+    with_preemption_cap(preemption_cap(), || {
+        expect_failure(
+            SyncPoint::MergeQuietCheck,
+            "released out of key order",
+            merged_in_key_order,
+        )
+    });
 }
 
 /// Control (our side, as in model 2): the header load `Relaxed`; the merge reads records (and
 /// their keys) through the consumer's read step, so it would read a payload not yet written.
 #[test]
 fn control_header_load_relaxed() {
-    expect_failure(
-        SyncPoint::HeaderLoad,
-        "Causality violation",
-        merged_in_key_order,
-    );
+    with_preemption_cap(preemption_cap(), || {
+        expect_failure(
+            SyncPoint::HeaderLoad,
+            "Causality violation",
+            merged_in_key_order,
+        )
+    });
 }
 
 /// Control: a ring seen quiet at `now` is taken to deliver nothing stamped before `now`,
 /// forgetting that a record stamped earlier may be committed up to the lateness later.
 #[test]
 fn control_without_lateness() {
-    expect_failure(
-        SyncPoint::MergeLateness,
-        "released out of key order",
-        merged_in_key_order,
-    );
+    with_preemption_cap(preemption_cap(), || {
+        expect_failure(
+            SyncPoint::MergeLateness,
+            "released out of key order",
+            merged_in_key_order,
+        )
+    });
 }

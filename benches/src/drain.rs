@@ -4,11 +4,11 @@ use std::fmt::Write as _;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+use bpf_ringbuf_testkit as kit;
 use bpf_ringbuf_testkit::insn::{
     self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4,
 };
 use bpf_ringbuf_testkit::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
-use bpf_ringbuf_testkit as kit;
 
 use crate::drainers::{Drainers, Impl, Workload};
 use crate::{median, Options};

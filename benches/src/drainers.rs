@@ -170,6 +170,14 @@ impl Impl {
     pub fn index(self) -> usize {
         Impl::ALL.iter().position(|&i| i == self).unwrap()
     }
+
+    /// Whether it reads through this crate's `RingBuf`.
+    pub fn is_ours(self) -> bool {
+        matches!(
+            self,
+            Impl::Batch | Impl::Callback | Impl::Copy | Impl::BatchMemcpy
+        )
+    }
 }
 
 /// One consumer of each kind over the same map, built once (aya's is rebuilt per drain,
@@ -207,7 +215,15 @@ impl Drainers {
     }
 
     /// Makes what `which` needs before a drain, outside the timed region; returns it.
-    pub fn prepare(&self, which: Impl) -> Option<AyaRing> {
+    ///
+    /// The consumers take turns on one ring, so before one of ours the last drain was
+    /// usually another's: our reader, which keeps its own cursor, would report that
+    /// `consumer_pos` moved (`ReadError::ConsumerPosMoved`). Another reader legitimately took
+    /// over, so ours follows it (`RingBuf::follow`), untimed, as a real program would.
+    pub fn prepare(&mut self, which: Impl) -> Option<AyaRing> {
+        if which.is_ours() {
+            self.ours.follow();
+        }
         (which == Impl::Aya).then(|| AyaRing::new(self.map.as_fd()))
     }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bpf_ringbuf::RingBuf;
-use bpf_ringbuf_testkit::insn::{self, helper, AluOp, MemSize, Program, R1, R10, R2, R3, R4};
 use bpf_ringbuf_sys::rustix::time::{clock_gettime, ClockId};
-use bpf_ringbuf_testkit::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
+use bpf_ringbuf_testkit::insn::{self, helper, AluOp, MemSize, Program, R1, R10, R2, R3, R4};
 use bpf_ringbuf_testkit::{self as kit, Commit};
+use bpf_ringbuf_testkit::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
 
 use crate::drainers::{drain_batch, LibbpfRing, Touch};
 use crate::{median, Options};

@@ -153,7 +153,9 @@ fn drain_runs(options: &Options, impls: &[Impl]) -> Vec<Vec<drain::SizeResult>> 
 /// A quick pass through every mode, for CI: proves the benchmarks run and cross-check.
 fn smoke() {
     let options = Options {
-        reps: 1,
+        // Two, so that the rotation puts another consumer before ours: ours must take over the
+        // ring after it (a reader that keeps its own cursor sees `consumer_pos` moved).
+        reps: 2,
         sizes: vec![64, 4000],
         out: None,
     };

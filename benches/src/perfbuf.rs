@@ -20,13 +20,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bpf_ringbuf::RingBuf;
+use bpf_ringbuf_sys::rustix::time::{clock_gettime, ClockId};
+use bpf_ringbuf_sys::{map_create, MapCreate, MapType};
+use bpf_ringbuf_testkit as kit;
 use bpf_ringbuf_testkit::insn::{
     self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R5, R6, R8, R9,
 };
-use bpf_ringbuf_sys::rustix::time::{clock_gettime, ClockId};
-use bpf_ringbuf_sys::{map_create, MapCreate, MapType};
 use bpf_ringbuf_testkit::{prog_load, ProgLoad, ProgType};
-use bpf_ringbuf_testkit as kit;
 
 use crate::drain::run_tc;
 use crate::{median, Options};

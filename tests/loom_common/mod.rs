@@ -369,8 +369,23 @@ pub fn payload(tag: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+std::thread_local! {
+    /// A cap on the preemption bound for the models run inside [`with_preemption_cap`].
+    static PREEMPTION_CAP: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the preemption bound of its models capped at `cap` (for a model whose
+/// executions grow too fast to explore at the bound the others use; its file says why).
+pub fn with_preemption_cap<R>(cap: usize, f: impl FnOnce() -> R) -> R {
+    PREEMPTION_CAP.with(|slot| slot.set(Some(cap)));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    PREEMPTION_CAP.with(|slot| slot.set(None));
+    result.unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+}
+
 /// Runs `f` under loom, exploring every interleaving up to the preemption bound
-/// (`LOOM_MAX_PREEMPTIONS`, or [`DEFAULT_PREEMPTIONS`]).
+/// (`LOOM_MAX_PREEMPTIONS`, or [`DEFAULT_PREEMPTIONS`], capped inside
+/// [`with_preemption_cap`]).
 pub fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
@@ -378,6 +393,9 @@ where
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
+    }
+    if let Some(cap) = PREEMPTION_CAP.with(|cap| cap.get()) {
+        builder.preemption_bound = builder.preemption_bound.map(|bound| bound.min(cap));
     }
     let bound = builder.preemption_bound;
     let executions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
