@@ -13,6 +13,7 @@ use rustix::io::Errno;
 
 use super::error::{Error, MapSource, OpenError};
 use super::mapping::{RingKind, RingMapping};
+use super::wait::Sleeper;
 
 /// A front-end type made from a checked, claimed mapping.
 pub(crate) trait Endpoint: Sized {
@@ -21,6 +22,17 @@ pub(crate) trait Endpoint: Sized {
 
     /// Builds the endpoint over `mapping` (and registers its fd for waiting).
     fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError>;
+}
+
+/// The epoll set of a new endpoint, watching its map for the endpoint's kind of readiness
+/// (registered before the endpoint's first look at the ring, so that any change after that
+/// look leaves an event for the next sleep).
+pub(crate) fn sleeper_for(mapping: &RingMapping, kind: RingKind) -> Result<Sleeper, OpenError> {
+    let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
+    sleeper
+        .watch(mapping.map_fd(), mapping.map_id(), kind.interest())
+        .map_err(|errno| OpenError::Io(errno.into()))?;
+    Ok(sleeper)
 }
 
 /// How a failed bpf(2) open reads to the user: `ENOENT` is "no such map".

@@ -1,7 +1,7 @@
 use std::ops::ControlFlow;
 use std::vec::Vec;
 
-use super::endpoint::{endpoint_methods, reader_waiting_methods, Endpoint};
+use super::endpoint::{endpoint_methods, reader_waiting_methods, sleeper_for, Endpoint};
 use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::Sleeper;
@@ -47,10 +47,7 @@ impl Endpoint for OverwriteRingBuf {
     const KIND: RingKind = RingKind::OverwriteRing;
 
     fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError> {
-        let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
-        sleeper
-            .watch(mapping.map_fd(), mapping.map_id(), Self::KIND.interest())
-            .map_err(|errno| OpenError::Io(errno.into()))?;
+        let sleeper = sleeper_for(&mapping, Self::KIND)?;
         let geometry = mapping.geometry();
         // SAFETY: as for `RingBuf`: the mapping's claim makes this the map's only reader in
         // this process, and it moves into the reader; the consumer page is read-write.

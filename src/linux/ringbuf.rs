@@ -1,7 +1,7 @@
 use std::ops::ControlFlow;
 use std::vec::Vec;
 
-use super::endpoint::{endpoint_methods, reader_waiting_methods, Endpoint};
+use super::endpoint::{endpoint_methods, reader_waiting_methods, sleeper_for, Endpoint};
 use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::Sleeper;
@@ -54,10 +54,7 @@ impl Endpoint for RingBuf {
     const KIND: RingKind = RingKind::Ring;
 
     fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError> {
-        let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
-        sleeper
-            .watch(mapping.map_fd(), mapping.map_id(), Self::KIND.interest())
-            .map_err(|errno| OpenError::Io(errno.into()))?;
+        let sleeper = sleeper_for(&mapping, Self::KIND)?;
         let geometry = mapping.geometry();
         // SAFETY: the mapping's claim makes this the only consumer of the map in this process
         // for as long as the mapping lives, and the mapping (with the claim) moves into the

@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use super::endpoint::{endpoint_methods, Endpoint};
+use super::endpoint::{endpoint_methods, sleeper_for, Endpoint};
 use super::error::OpenError;
 use super::mapping::{RingKind, RingMapping};
 use super::wait::{deadline_after, Sleeper, Woke};
@@ -81,12 +81,9 @@ impl Endpoint for UserRingBuf {
     const KIND: RingKind = RingKind::UserRing;
 
     fn from_mapping(mapping: RingMapping) -> Result<Self, OpenError> {
-        let sleeper = Sleeper::new().map_err(|errno| OpenError::Io(errno.into()))?;
-        // Registered before the first look at the free space, so that a drain after any look
-        // leaves an event for the next sleep.
-        sleeper
-            .watch(mapping.map_fd(), mapping.map_id(), Self::KIND.interest())
-            .map_err(|errno| OpenError::Io(errno.into()))?;
+        // Before the first look at the free space: a drain after any look leaves an event for
+        // the next sleep.
+        let sleeper = sleeper_for(&mapping, Self::KIND)?;
         let geometry = mapping.geometry();
         // SAFETY: the mapping's claim makes this the only producer of the map in this process
         // for as long as the mapping lives, and the mapping (with the claim) moves into the
