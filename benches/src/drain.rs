@@ -58,6 +58,7 @@ pub fn tlb(options: &Options) -> String {
                     let which = [Impl::Batch, Impl::Hand][index];
                     fill.fill();
                     drainers.warm(via);
+                    drainers.prepare(which);
                     let start = Instant::now();
                     let drained = drainers.drain(which, Workload::Touch, None);
                     let elapsed = start.elapsed();

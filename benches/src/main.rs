@@ -163,6 +163,7 @@ fn smoke() {
         let run = drain::run(&options, drain::SMALL_RING_SIZE, workload, &Impl::ALL);
         print!("{}", drain::report(&run));
     }
+    print!("{}", drain::tlb(&options));
     print!(
         "{}",
         e2e::report(&e2e::run_with(&options, 20_000), &e2e::busy(&options))
