@@ -606,6 +606,7 @@ impl<M: RingMemory> Consumer<M> {
     /// batch.commit();
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn batch(&mut self) -> Batch<'_, M> {
         let positions = self.positions();
         let (end, available, error) = match self.validate(positions) {
@@ -1090,6 +1091,10 @@ impl<'c, M: RingMemory> Batch<'c, M> {
 }
 
 impl<M: RingMemory> Drop for Batch<'_, M> {
+    // Inlined, so that a batch that lives in its caller's frame stays in registers: a call
+    // that takes its address would make every per-record update of its cells a store and a
+    // load again after each header's acquire fence.
+    #[inline]
     fn drop(&mut self) {
         let cursor = self.cursor();
         let stats = &mut self.consumer.stats;

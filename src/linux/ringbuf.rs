@@ -87,6 +87,7 @@ impl RingBuf {
 
     /// A zero-copy batch of the records committed so far; it publishes `consumer_pos` once,
     /// when dropped. See [`Consumer::batch`].
+    #[inline]
     pub fn batch(&mut self) -> Batch<'_, RingMapping> {
         self.consumer.batch()
     }
@@ -111,6 +112,7 @@ impl RingBuf {
     ///
     /// [`ReadError::BufferTooSmall`] if it does not fit (it stays in the ring), or a
     /// ring-corruption [`ReadError`].
+    #[inline]
     pub fn read_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>, ReadError> {
         self.consumer.read_into(buf)
     }
@@ -121,6 +123,7 @@ impl RingBuf {
     /// # Errors
     ///
     /// A ring-corruption [`ReadError`].
+    #[inline]
     pub fn read_vec(&mut self, buf: &mut Vec<u8>) -> Result<bool, ReadError> {
         self.consumer.read_vec(buf)
     }

@@ -111,6 +111,7 @@ impl UserRingBuf {
     ///
     /// [`ReserveError::TooLarge`] for a size the kernel would refuse forever,
     /// [`ReserveError::NoSpace`] when the ring is too full now, or a corruption error.
+    #[inline]
     pub fn reserve(&self, len: usize) -> Result<Reservation<'_, RingMapping>, ReserveError> {
         self.producer.reserve(len)
     }
@@ -130,6 +131,7 @@ impl UserRingBuf {
     /// # Errors
     ///
     /// A corruption error, as for [`reserve`](UserRingBuf::reserve).
+    #[inline]
     pub fn batch(&mut self) -> Result<WriteBatch<'_, RingMapping>, ReserveError> {
         self.producer.batch()
     }
