@@ -40,8 +40,9 @@ use crate::sync::{
 /// Each header says where the next record starts, so a reader's header loads form a chain:
 /// one cache miss at a time, unless the line is already on its way. The hardware prefetcher
 /// brings lines ahead of a reader that touches every line (a copy, a reader of small records),
-/// but not of one that touches only every second or third line, which is what a zero-copy
-/// reader of 128–320-byte records does (docs/benchmarks.md measures it).
+/// but not reliably of one that touches only every second or third line, which is what a
+/// zero-copy reader of 128–320-byte records does. How much the prefetch pays varies with the
+/// size and the run (docs/benchmarks.md compares the hand-written loop with and without it).
 const PREFETCH_RECORDS: usize = 8;
 
 // The read loop as plain data, for the merged reader (crate-private).
