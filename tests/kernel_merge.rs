@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bpf_ringbuf::merge::u64_key_at;
 use bpf_ringbuf::{DropCounter, KeyClock, MergedReader, PollOutcome, RingBuf};
-use bpf_ringbuf_testkit::{self as kit, require_kernel};
+use bpf_ringbuf_testkit::{self as kit, require_feature, require_kernel};
 
 /// A ring map with a `ktime_stamped` producer writing into it.
 struct CpuRing {
@@ -48,6 +48,8 @@ fn reader(rings: &[CpuRing], lateness: Duration) -> MergedReader<impl Fn(&[u8]) 
 #[test]
 fn per_cpu_rings_are_merged_in_stamp_order_and_complete() {
     require_kernel!();
+    // The producers' work between stamp and reservation is a bpf_loop, which takes a callback.
+    require_feature!(kit::callbacks_missing());
     // One ring per CPU, each fed in bursts by a program pinned to its CPU (bursts and pauses
     // differ per CPU, so rings are often empty while others are not), stamping before it
     // reserves, with some work in between: a record stamped earlier is often committed later,

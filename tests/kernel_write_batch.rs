@@ -58,6 +58,8 @@ fn sample(round: usize, i: usize) -> Vec<u8> {
 fn a_published_batch_is_drained_in_order_across_the_wrap() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    // The drain program passes a callback to bpf_user_ringbuf_drain.
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let mut forward = Forward::new(size, 256);
     let mut ring = UserRingBuf::new(&forward.user_map).unwrap();
@@ -91,6 +93,8 @@ fn a_published_batch_is_drained_in_order_across_the_wrap() {
 fn a_batch_fills_the_ring_exactly_and_reservations_follow_it() {
     require_kernel!();
     require_feature!(kit::user_ringbuf_missing());
+    // The drain program passes a callback to bpf_user_ringbuf_drain.
+    require_feature!(kit::callbacks_missing());
     let size = kit::ring_size_at_least(4096);
     let mut forward = Forward::new(size, 256);
     let mut ring = UserRingBuf::new(&forward.user_map).unwrap();
