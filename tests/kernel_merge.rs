@@ -315,20 +315,10 @@ fn a_moved_consumer_pos_is_reported_with_the_map_id_and_resumed_without_loss() {
     rings[1].producer.run(2);
     // Another process holding the map fd moves ring 1's consumer_pos past its two unread
     // records.
-    let page = kit::try_map(
-        rings[1].map.as_fd(),
-        0,
-        kit::page_size(),
-        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-    )
-    .unwrap();
-    // SAFETY: the first word of a page-aligned mapping that lives until the end of the test;
-    // shared with the kernel and the reader, so only accessed atomically.
-    let consumer_pos =
-        unsafe { std::sync::atomic::AtomicUsize::from_ptr(page.as_ptr().as_ptr().cast()) };
+    let consumer_pos = kit::ConsumerPosWriter::new(rings[1].map.as_fd());
     let ring = reader.ring(1).unwrap();
     let (map_id, cursor, producer) = (ring.map_id(), ring.cursor(), ring.positions().producer);
-    consumer_pos.store(producer, std::sync::atomic::Ordering::SeqCst);
+    consumer_pos.store(producer);
     match poll(&mut reader, 1) {
         Err(bpf_ringbuf::Error::Read {
             map_id: Some(id),
@@ -349,9 +339,6 @@ fn a_moved_consumer_pos_is_reported_with_the_map_id_and_resumed_without_loss() {
     assert_eq!(reader.resume(0), None, "no ring has map id 0");
     // Nothing was lost: both records come out, and consumer_pos is ours again.
     assert_eq!(poll(&mut reader, 2).unwrap(), [(1, 3), (1, 4)]);
-    assert_eq!(
-        consumer_pos.load(std::sync::atomic::Ordering::SeqCst),
-        producer
-    );
+    assert_eq!(consumer_pos.load(), producer);
     assert_eq!(reader.ring(1).unwrap().cursor(), producer);
 }

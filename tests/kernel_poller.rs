@@ -787,20 +787,10 @@ fn a_moved_consumer_pos_is_reported_with_the_map_id_and_recovered_outside_the_po
     );
     ring.producer.run(3);
     // Another process holding the map fd moves consumer_pos past the three unread records.
-    let page = kit::try_map(
-        ring.map.as_fd(),
-        0,
-        kit::page_size(),
-        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-    )
-    .unwrap();
-    // SAFETY: the first word of a page-aligned mapping that lives until the end of the test;
-    // shared with the kernel and the reader, so only accessed atomically.
-    let consumer_pos =
-        unsafe { std::sync::atomic::AtomicUsize::from_ptr(page.as_ptr().as_ptr().cast()) };
+    let consumer_pos = kit::ConsumerPosWriter::new(ring.map.as_fd());
     let cursor = poller.ring(id).unwrap().cursor();
     let producer = poller.ring(id).unwrap().positions().producer;
-    consumer_pos.store(producer, std::sync::atomic::Ordering::SeqCst);
+    consumer_pos.store(producer);
     match poller.poll(Some(Duration::from_secs(5)), |_, _| unreachable!()) {
         Err(Error::Read {
             map_id: Some(map_id),
@@ -822,17 +812,11 @@ fn a_moved_consumer_pos_is_reported_with_the_map_id_and_recovered_outside_the_po
         poller.poll(Some(Duration::ZERO), |_, _| unreachable!()),
         Err(Error::Read { map_id: Some(map_id), .. }) if map_id == id
     ));
-    assert_eq!(
-        consumer_pos.load(std::sync::atomic::Ordering::SeqCst),
-        producer
-    );
+    assert_eq!(consumer_pos.load(), producer);
     // Recovered outside the poller: take it out, resume from its own cursor, put it back.
     let mut taken = poller.remove_ring(id).unwrap().unwrap();
     taken.resume().unwrap();
-    assert_eq!(
-        consumer_pos.load(std::sync::atomic::Ordering::SeqCst),
-        cursor
-    );
+    assert_eq!(consumer_pos.load(), cursor);
     poller.add_ring(taken).unwrap();
     // Nothing was lost, and the other ring is served alongside.
     other.producer.run(1);

@@ -52,6 +52,10 @@ pub(crate) unsafe fn owned_fd(raw: usize) -> OwnedFd {
 }
 
 /// `name` as an object-name field: `None` unless it is at most 15 bytes without a NUL.
+///
+/// The same rule as `bpf-ringbuf-sys`'s private one for map names, written again here on
+/// purpose: program names are the kit's business, and exporting the helper would put it in
+/// the published crate's API for the test kit's sake.
 pub(crate) fn object_name(name: Option<&str>) -> Option<[u8; OBJ_NAME_LEN]> {
     let mut field = [0u8; OBJ_NAME_LEN];
     if let Some(name) = name {

@@ -444,6 +444,28 @@ pub fn stamped(
         Commit::Submit => helper::RINGBUF_SUBMIT,
         Commit::Discard => helper::RINGBUF_DISCARD,
     };
+    commit_or_count_drop(&mut p, commit_helper, flags, drops);
+    Producer {
+        fd: load_xdp(&p, None).expect("load stamped producer"),
+        packet: packet(len as usize),
+    }
+}
+
+/// Layout of a [`ktime_stamped`] record: `u64 stamp` (`bpf_ktime_get_ns()`, taken before the
+/// reservation), `u64 sequence` (per CPU, from 1, counted only for successful reservations),
+/// `u32 cpu`, `u32 delay` (with `measure_delay`: nanoseconds from the stamp to a second
+/// `bpf_ktime_get_ns()` right before the submit, saturated at `u32::MAX`; otherwise zero).
+pub const KTIME_STAMP_LEN: usize = 24;
+
+/// The `delay` word of a [`ktime_stamped`] record (see [`KTIME_STAMP_LEN`]).
+pub fn ktime_delay(record: &[u8]) -> u32 {
+    u32::from_ne_bytes(record[20..24].try_into().unwrap())
+}
+
+/// The end of the stamped producers: commits the reservation in R7 with `commit_helper` and
+/// `flags` and returns `XDP_PASS`; at label `dropped` (a failed reservation) adds one to this
+/// CPU's counter in `drops`.
+fn commit_or_count_drop(p: &mut Program, commit_helper: u32, flags: u64, drops: BorrowedFd<'_>) {
     p.push(insn::mov64_reg(R1, R7))
         .push(insn::mov64_imm(R2, flags as i32))
         .push(insn::call_helper(commit_helper))
@@ -465,21 +487,6 @@ pub fn stamped(
         .label("fail")
         .push(insn::mov64_imm(R0, 0))
         .push(insn::exit());
-    Producer {
-        fd: load_xdp(&p, None).expect("load stamped producer"),
-        packet: packet(len as usize),
-    }
-}
-
-/// Layout of a [`ktime_stamped`] record: `u64 stamp` (`bpf_ktime_get_ns()`, taken before the
-/// reservation), `u64 sequence` (per CPU, from 1, counted only for successful reservations),
-/// `u32 cpu`, `u32 delay` (with `measure_delay`: nanoseconds from the stamp to a second
-/// `bpf_ktime_get_ns()` right before the submit, saturated at `u32::MAX`; otherwise zero).
-pub const KTIME_STAMP_LEN: usize = 24;
-
-/// The `delay` word of a [`ktime_stamped`] record (see [`KTIME_STAMP_LEN`]).
-pub fn ktime_delay(record: &[u8]) -> u32 {
-    u32::from_ne_bytes(record[20..24].try_into().unwrap())
 }
 
 /// Decodes a [`ktime_stamped`] record: (stamp, cpu, sequence).
@@ -556,27 +563,7 @@ pub fn ktime_stamped(
             .push(insn::stx_mem(MemSize::W, R7, R0, 20))
             .label("delay_stored");
     }
-    p.push(insn::mov64_reg(R1, R7))
-        .push(insn::mov64_imm(R2, flags as i32))
-        .push(insn::call_helper(helper::RINGBUF_SUBMIT))
-        .push(insn::mov64_imm(R0, XDP_PASS as i32))
-        .push(insn::exit())
-        // drops[cpu] += 1
-        .label("dropped")
-        .push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, drops))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
-        .push(insn::ldx_mem(MemSize::DW, R1, R0, 0))
-        .push(insn::alu64_imm(AluOp::ADD, R1, 1))
-        .push(insn::stx_mem(MemSize::DW, R0, R1, 0))
-        .push(insn::mov64_imm(R0, XDP_PASS as i32))
-        .push(insn::exit())
-        .label("fail")
-        .push(insn::mov64_imm(R0, 0))
-        .push(insn::exit());
+    commit_or_count_drop(&mut p, helper::RINGBUF_SUBMIT, flags, drops);
     let fd = if work > 0 {
         p.label("callback")
             .push(insn::mov64_imm(R0, 0))
@@ -1557,6 +1544,39 @@ impl SignalWatch {
     /// `true`, waiting up to `timeout` for it (see [`epoll_signalled`]).
     pub fn wait(&self, timeout: std::time::Duration) -> bool {
         epoll_signalled(self.epoll.as_fd(), timeout)
+    }
+}
+
+/// A RINGBUF's `consumer_pos`, mapped read-write as any process holding the map's fd may map
+/// it: for tests that play the other writer the reader must detect.
+pub struct ConsumerPosWriter(bpf_ringbuf_sys::Mapping);
+
+impl ConsumerPosWriter {
+    /// Maps the consumer page of `map` read-write.
+    pub fn new(map: BorrowedFd<'_>) -> Self {
+        let prot = rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE;
+        Self(
+            bpf_ringbuf_sys::Mapping::map_shared(map, 0, page_size(), prot)
+                .expect("map the consumer page read-write"),
+        )
+    }
+
+    fn word(&self) -> &std::sync::atomic::AtomicUsize {
+        // SAFETY: the mapping is one page, page-aligned, read-write, and lives as long as
+        // `self`; `consumer_pos` is its first word, shared with the kernel and the reader, so
+        // it is only accessed atomically.
+        unsafe { std::sync::atomic::AtomicUsize::from_ptr(self.0.as_ptr().as_ptr().cast()) }
+    }
+
+    /// Stores `position` as `consumer_pos`.
+    pub fn store(&self, position: usize) {
+        self.word()
+            .store(position, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `consumer_pos` now.
+    pub fn load(&self) -> usize {
+        self.word().load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
