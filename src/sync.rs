@@ -3,7 +3,7 @@
 //! Normally these are `core`'s. Built with `RUSTFLAGS="--cfg bpf_ringbuf_loom"` (and the
 //! `loom` feature, which brings the dependency), they are [loom](https://docs.rs/loom)'s, so
 //! the model checker explores every interleaving and weak-memory outcome of the real protocol
-//! code (see `tests/loom_*.rs` and `docs/verification.md`). The cfg is specific to this crate
+//! code (see `tests/loom` and `docs/verification.md`). The cfg is specific to this crate
 //! so that turning it on does not switch other crates in the build to loom.
 //!
 //! Implementors of [`RingMemory`](crate::RingMemory) name the atomic types through this module,
@@ -108,7 +108,7 @@ mod weaken {
     ///
     /// A model that cannot fail proves nothing: each loom model has a control that weakens one of
     /// these points (an ordering to `Relaxed`, a fence or a check left out) and expects the model
-    /// checker to report the failure (`tests/loom_*.rs`, `docs/verification.md`). The switch only
+    /// checker to report the failure (`tests/loom`, `docs/verification.md`). The switch only
     /// exists under `--cfg bpf_ringbuf_loom`; in normal builds every point keeps its ordering and
     /// this compiles to nothing.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use core::ops::ControlFlow;
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::{Consumer, ReadError, Readiness, RingMemory};
 
-use crate::input::Input;
-use crate::reference::Step;
+use super::input::Input;
+use super::reference::Step;
 
 /// One call into the consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,14 +2,14 @@
 //!
 //! Input: `[size selector][position mode][consumer_pos: 8][producer_pos or distance: 8]`
 //! `[op count][ops...][ring data...]`. The data bytes are repeated over the data area (both
-//! halves). Each read is checked against [`reference::walk`](crate::reference::walk) over an
+//! halves). Each read is checked against [`reference::walk`](super::reference::walk) over an
 //! image of the ring built here, independently of `HeapRing`.
 
 use bpf_ringbuf::model::HeapRing;
 
-use crate::check::{apply, ReadOp};
-use crate::input::Input;
-use crate::reference::walk;
+use super::check::{apply, ReadOp};
+use super::input::Input;
+use super::reference::walk;
 
 /// A decoded `decode` input.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@
 //! The oracle keeps every record whose header lies within one ring size of `producer_pos`
 //! (exactly the records whose bytes are still intact) with its state. Whenever
 //! `consumer_pos` sits on one of their boundaries, the records a read must deliver follow from
-//! the oracle alone, and must also equal what [`reference::walk`](crate::reference::walk)
+//! the oracle alone, and must also equal what [`reference::walk`](super::reference::walk)
 //! finds in the ring's memory. A hostile write that puts `consumer_pos` ahead of
 //! `producer_pos`, more than a ring behind it, or off 8-byte alignment must make every read
 //! fail with the matching [`ReadError`](bpf_ringbuf::ReadError) and move nothing; an aligned
@@ -24,9 +24,9 @@ use bpf_ringbuf::header::MAX_RECORD_LEN;
 use bpf_ringbuf::model::{HeapRing, Reservation, Wakeup};
 use bpf_ringbuf::{ReadError, RingMemory};
 
-use crate::check::{apply, ReadOp};
-use crate::input::Input;
-use crate::reference::{record_size, walk, Step};
+use super::check::{apply, ReadOp};
+use super::input::Input;
+use super::reference::{record_size, walk, Step};
 
 /// One operation of a script.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! Checks shared by the fuzz targets and by the replay test in the main workspace
-//! (`tests/fuzz_regressions.rs` includes these modules by path).
+//! (`tests/model/fuzz_regressions.rs` includes these modules by path, as siblings: they name
+//! each other through `super::`).
 //!
 //! Each target has a module with `run(bytes)`: it decodes the bytes into a case (see
 //! [`input`]) and checks it, panicking on any disagreement. The targets in `fuzz_targets/`

@@ -30,7 +30,7 @@ use bpf_ringbuf::merge::{
 use bpf_ringbuf::model::{HeapRing, KernelProducer, Reservation, Wakeup};
 use bpf_ringbuf::Consumer;
 
-use crate::input::Input;
+use super::input::Input;
 
 /// The clock's first reading: stamps reach back from it without going below zero.
 const CLOCK_START: u64 = 1 << 20;

@@ -34,7 +34,7 @@ use bpf_ringbuf::header::{record_size, MAX_RECORD_LEN};
 use bpf_ringbuf::model::{HeapRing, Reservation, Wakeup};
 use bpf_ringbuf::{OverwriteMemory, ReadError, Readiness, RingMemory};
 
-use crate::input::Input;
+use super::input::Input;
 
 /// One operation of a script.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,9 +12,9 @@
 use bpf_ringbuf::model::HeapRing;
 use bpf_ringbuf::{RingMemory, RingMemoryMut};
 
-use crate::check::{apply, ReadOp};
-use crate::input::Input;
-use crate::reference::{record_size, walk};
+use super::check::{apply, ReadOp};
+use super::input::Input;
+use super::reference::{record_size, walk};
 
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;

@@ -19,8 +19,8 @@ use bpf_ringbuf::model::{HeapRing, Wakeup};
 use bpf_ringbuf::producer::{MAX_SAMPLES_PER_DRAIN, MAX_SAMPLE_LEN};
 use bpf_ringbuf::{ReserveError, RingMemory};
 
-use crate::input::Input;
-use crate::reference::record_size;
+use super::input::Input;
+use super::reference::record_size;
 
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;

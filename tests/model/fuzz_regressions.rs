@@ -5,23 +5,23 @@
 
 #![allow(dead_code)]
 
-#[path = "../fuzz/src/check.rs"]
+#[path = "../../fuzz/src/check.rs"]
 mod check;
-#[path = "../fuzz/src/decode.rs"]
+#[path = "../../fuzz/src/decode.rs"]
 mod decode;
-#[path = "../fuzz/src/differential.rs"]
+#[path = "../../fuzz/src/differential.rs"]
 mod differential;
-#[path = "../fuzz/src/input.rs"]
+#[path = "../../fuzz/src/input.rs"]
 mod input;
-#[path = "../fuzz/src/merge.rs"]
+#[path = "../../fuzz/src/merge.rs"]
 mod merge;
-#[path = "../fuzz/src/overwrite.rs"]
+#[path = "../../fuzz/src/overwrite.rs"]
 mod overwrite;
-#[path = "../fuzz/src/records.rs"]
+#[path = "../../fuzz/src/records.rs"]
 mod records;
-#[path = "../fuzz/src/reference.rs"]
+#[path = "../../fuzz/src/reference.rs"]
 mod reference;
-#[path = "../fuzz/src/user_producer.rs"]
+#[path = "../../fuzz/src/user_producer.rs"]
 mod user_producer;
 
 use std::path::{Path, PathBuf};

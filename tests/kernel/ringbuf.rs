@@ -14,7 +14,7 @@
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,31 +62,6 @@ fn drain(ring: &mut RingBuf) -> Vec<Vec<u8>> {
     records
 }
 
-/// A second read-write mapping of a ring's consumer page: the way any process holding the map
-/// fd can write `consumer_pos`.
-struct ConsumerPage(Mapping);
-
-impl ConsumerPage {
-    fn map(map: BorrowedFd<'_>) -> Self {
-        Self(Mapping::map_shared(map, 0, page(), RW).expect("map the consumer page read-write"))
-    }
-
-    fn consumer_pos(&self) -> &AtomicUsize {
-        // SAFETY: the mapping is one page, page-aligned, and lives as long as `self`;
-        // `consumer_pos` is its first word, shared with the kernel and other mappings, so it
-        // is only accessed atomically.
-        unsafe { AtomicUsize::from_ptr(self.0.as_ptr().as_ptr().cast()) }
-    }
-
-    fn store(&self, position: usize) {
-        self.consumer_pos().store(position, Ordering::SeqCst);
-    }
-
-    fn load(&self) -> usize {
-        self.consumer_pos().load(Ordering::SeqCst)
-    }
-}
-
 /// `mmap` with any flags; the result is unmapped right away if it succeeded (the tests only
 /// look at whether the kernel allows it).
 fn try_mmap(
@@ -104,12 +79,6 @@ fn try_mmap(
     Ok(())
 }
 
-fn mprotect(mapping: &Mapping, flags: MprotectFlags) -> Result<(), Errno> {
-    // SAFETY: changes the protection of a mapping this test owns; nothing else references
-    // its memory (a refused change leaves it as it was).
-    unsafe { rustix::mm::mprotect(mapping.as_ptr().as_ptr().cast(), mapping.len(), flags) }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Mapping permissions (selftest `ringbuf_subtest`, first part).
 
@@ -118,7 +87,7 @@ fn consumer_page_is_writable_at_offset_zero_for_exactly_one_page() {
     require_kernel!();
     let map = kit::ringbuf_map(page());
     let ring = RingBuf::new(&map).unwrap();
-    let consumer = ConsumerPage::map(map.as_fd());
+    let consumer = kit::ConsumerPosWriter::new(map.as_fd());
     // Writable, and shared with the ring's own mapping: the reader sees the word change, and
     // reports that someone else wrote it.
     consumer.store(64);
@@ -148,7 +117,7 @@ fn consumer_page_is_writable_at_offset_zero_for_exactly_one_page() {
     // test fails); on failure the mapping is left as it was.
     let grown = unsafe {
         rustix::mm::mremap(
-            consumer.0.as_ptr().as_ptr().cast(),
+            consumer.mapping().as_ptr().as_ptr().cast(),
             page(),
             2 * page(),
             MremapFlags::MAYMOVE,
@@ -156,8 +125,11 @@ fn consumer_page_is_writable_at_offset_zero_for_exactly_one_page() {
     };
     assert!(grown.is_err(), "mremap grew the consumer page: {grown:?}");
     // It cannot be made executable.
-    assert!(mprotect(&consumer.0, MprotectFlags::EXEC).is_err());
-    assert_eq!(mprotect(&consumer.0, MprotectFlags::READ), Ok(()));
+    assert!(kit::try_mprotect(consumer.mapping(), MprotectFlags::EXEC).is_err());
+    assert_eq!(
+        kit::try_mprotect(consumer.mapping(), MprotectFlags::READ),
+        Ok(())
+    );
 }
 
 #[test]
@@ -184,15 +156,18 @@ fn producer_page_and_data_are_read_only() {
     for (offset, len) in [(0, 4 * page()), (page(), page()), (page(), 3 * page())] {
         let mapping = Mapping::map_shared(fd, offset as u64, len, ProtFlags::READ).unwrap();
         assert_eq!(
-            mprotect(&mapping, MprotectFlags::WRITE),
+            kit::try_mprotect(&mapping, MprotectFlags::WRITE),
             Err(Errno::ACCESS),
             "offset {offset} len {len}"
         );
         assert_eq!(
-            mprotect(&mapping, MprotectFlags::READ | MprotectFlags::WRITE),
+            kit::try_mprotect(&mapping, MprotectFlags::READ | MprotectFlags::WRITE),
             Err(Errno::ACCESS)
         );
-        assert_eq!(mprotect(&mapping, MprotectFlags::EXEC), Err(Errno::ACCESS));
+        assert_eq!(
+            kit::try_mprotect(&mapping, MprotectFlags::EXEC),
+            Err(Errno::ACCESS)
+        );
     }
 }
 
@@ -548,7 +523,7 @@ fn partial_then_full_consumption() {
 
 /// `consumer_pos` as the kernel sees it (through a mapping of our own).
 fn ring_consumer_pos(map: &impl AsFd) -> usize {
-    ConsumerPage::map(map.as_fd()).load()
+    kit::ConsumerPosWriter::new(map.as_fd()).load()
 }
 
 #[test]
@@ -1327,7 +1302,7 @@ fn fds_that_are_not_maps_are_refused_as_not_a_map() {
 /// (the next read reports it), and that none of it moved either position or the reader's
 /// cursor. Errors in the positions are reported by `available` too; errors in a header are
 /// not (it does not read headers).
-fn every_read_reports(ring: &mut RingBuf, page: &ConsumerPage, error: ReadError) {
+fn every_read_reports(ring: &mut RingBuf, page: &kit::ConsumerPosWriter, error: ReadError) {
     let consumer_pos = page.load();
     let positions = ring.positions();
     let cursor = ring.cursor();
@@ -1381,7 +1356,7 @@ fn hostile_consumer_pos(
     let positions = ring.positions();
     let bad = hostile(positions.consumer, positions.producer);
     let error = expected(bad, positions.producer);
-    let page = ConsumerPage::map(map.as_fd());
+    let page = kit::ConsumerPosWriter::new(map.as_fd());
     page.store(bad);
 
     // The reader keeps its own cursor: the move itself is what it reports first.
@@ -1461,7 +1436,7 @@ fn consumer_pos_at_a_record_payload_is_reported_as_out_of_bounds() {
     let mut payload = vec![0u8; 32];
     payload[8..12].copy_from_slice(&3000u32.to_ne_bytes());
     out.emit(&payload, 0, 1);
-    let page = ConsumerPage::map(map.as_fd());
+    let page = kit::ConsumerPosWriter::new(map.as_fd());
     page.store(16); // the header is at 0, the payload at 8: payload[8..] is read as a header
     assert_eq!(
         ring.batch().next_record(),
@@ -1497,7 +1472,7 @@ fn hostile_consumer_pos_cannot_make_the_kernel_hand_out_overlapping_records() {
     let map = kit::ringbuf_map(size);
     let producer = kit::double_reserve(map.as_fd(), 3 * page() as u32);
     let mut ring = RingBuf::new(&map).unwrap();
-    let page_mapping = ConsumerPage::map(map.as_fd());
+    let page_mapping = kit::ConsumerPosWriter::new(map.as_fd());
     page_mapping.store(3 * page());
     // The reader sees that someone else wrote its position...
     assert_eq!(
@@ -1557,7 +1532,7 @@ fn busy_looking_garbage_at_a_moved_consumer_pos_is_out_of_bounds_not_a_wait() {
     payload[8..12].copy_from_slice(&garbage.to_ne_bytes());
     out.emit(&payload, 0, 1);
     // The header is at 0, the payload at 8: payload[8..] is read as a header at 16.
-    let page = ConsumerPage::map(map.as_fd());
+    let page = kit::ConsumerPosWriter::new(map.as_fd());
     page.store(16);
     let error = ReadError::RecordOutOfBounds {
         position: 16,
@@ -1605,7 +1580,7 @@ fn consumer_pos_moved_forward_over_unread_records_is_reported_and_resume_loses_n
     // Another process holding the map fd skips every unread record: an aligned record
     // boundary, as plausible as any position.
     let jumped = ring.positions().producer;
-    let page = ConsumerPage::map(map.as_fd());
+    let page = kit::ConsumerPosWriter::new(map.as_fd());
     page.store(jumped);
     let moved = ReadError::ConsumerPosMoved {
         expected: cursor,
@@ -1638,7 +1613,7 @@ fn resume_is_refused_once_the_kernel_may_have_reused_the_unread_space() {
     assert_eq!(read_n(&mut ring, 1), numbered(0..1));
     let cursor = ring.cursor();
     let jumped = ring.positions().producer;
-    let page = ConsumerPage::map(map.as_fd());
+    let page = kit::ConsumerPosWriter::new(map.as_fd());
     page.store(jumped);
     // The kernel fills the ring from the jumped position, over the records we had not read.
     let mut accepted = 0;
@@ -1675,7 +1650,7 @@ fn a_consumer_pos_written_during_a_batch_is_reported_not_overwritten() {
     emit_numbered(&out, 0..6);
     let producer = ring.positions().producer;
     let three: usize = numbered(0..3).iter().map(|r| record_size(r.len())).sum();
-    let page = ConsumerPage::map(map.as_fd());
+    let page = kit::ConsumerPosWriter::new(map.as_fd());
     {
         let batch = ring.batch();
         for expected in numbered(0..3) {

@@ -1,20 +1,13 @@
 //! Loom model 4: a zero-copy batch publishes `consumer_pos` once, at its end, and never past
 //! a record still being read, a BUSY record, or `producer_pos`.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_batch_commit`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::sync::Arc;
 
+use crate::common::{expect_failure, model, payload, reserve_blocking, Kernel, LoomRing};
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::model::Wakeup;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Consumer, RingMemory};
-use loom_common::{expect_failure, model, payload, reserve_blocking, Kernel, LoomRing};
 
 /// A 64-byte ring and one kernel thread that holds two reservations and commits them in
 /// reverse order (a BPF program may), then needs the space of both back:

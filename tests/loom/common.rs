@@ -1,9 +1,5 @@
-//! Shared by the loom models (`tests/loom_*.rs`): a ring in loom-tracked memory, the model
-//! runner, and the runner for negative controls.
-//!
-//! Only built with `RUSTFLAGS="--cfg bpf_ringbuf_loom"`; see `docs/verification.md`.
-
-#![allow(dead_code)] // each model uses part of this module
+//! Shared by the loom models beside it: a ring in loom-tracked memory, the model runner, and
+//! the runner for negative controls.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};

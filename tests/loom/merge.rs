@@ -1,23 +1,17 @@
 //! Loom model 8: the merged reader over two rings, each with its own kernel producer, all
 //! stamping one clock; the merge never releases a later key before an earlier one when every
 //! record is committed within the lateness of its stamp.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --test loom_merge`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::sync::Arc;
 
+use crate::common::{
+    expect_failure, model, reached, times_reached, with_preemption_cap, Kernel, LoomRing,
+};
 use bpf_ringbuf::merge::{u64_key_at, Merge, MergeRing, RoundEnd};
 use bpf_ringbuf::model::Wakeup;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::Consumer;
 use loom::sync::atomic::{AtomicU64, Ordering};
-use loom_common::{
-    expect_failure, model, reached, times_reached, with_preemption_cap, Kernel, LoomRing,
-};
 
 /// 64-byte rings: one 8-byte record (16 bytes with its header) each, never full.
 const RING_SIZE: usize = 64;

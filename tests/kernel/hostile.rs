@@ -43,7 +43,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,7 @@ use rustix::mm::ProtFlags;
 /// The environment variable that carries the scribbler's plan to the second process.
 const SCRIBBLE_ENV: &str = "BPF_RINGBUF_HOSTILE_SCRIBBLE";
 /// The name of the second process's entry test.
-const SCRIBBLER_TEST: &str = "scribbler_process";
+const SCRIBBLER_TEST: &str = "hostile::scribbler_process";
 /// What the second process prints once it has mapped everything and starts writing.
 const READY: &str = "hostile-scribbler: ready";
 /// What it prints when it is done, followed by its counts (`name=count`).
@@ -1318,16 +1318,14 @@ fn the_async_reader_survives_a_second_process_scribbling_consumer_pos() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Waiting under signals.
+// Waiting under signals. Each of these tests runs alone in a process of its own
+// (`kit::in_own_process`): the stops would reach every other test of this binary.
 
 /// The timeout of the waits under signals.
 const WAIT: Duration = Duration::from_millis(500);
 /// The longest they may take: a wait that restarted its timeout after each `EINTR` would
 /// not end while the signals go on (the signaller stops only once the wait has returned).
 const WAIT_BOUND: Duration = Duration::from_millis(1500);
-
-/// One signaller at a time: each stops the whole test process.
-static SIGNALS: Mutex<()> = Mutex::new(());
 
 /// A child shell that stops this process for 20 ms every 100 ms (`kill -STOP`, `kill
 /// -CONT`) until its flag file is removed; on Linux each stop and continue makes a blocking
@@ -1401,9 +1399,6 @@ impl Drop for Signaller {
 /// Runs `wait` under a [`Signaller`]; returns its result, how long it took and how many
 /// stops the signaller made.
 fn under_signals<R>(tag: &str, wait: impl FnOnce() -> R) -> (R, Duration, usize) {
-    let _one_at_a_time = SIGNALS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let signaller = Signaller::start(tag);
     let started = Instant::now();
     let result = wait();
@@ -1430,6 +1425,9 @@ fn check_waited(what: &str, took: Duration, stops: usize, sleeps: u64, wakeups: 
 #[test]
 fn ring_wait_ends_at_its_deadline_under_signals() {
     require_kernel!();
+    if kit::in_own_process("hostile::ring_wait_ends_at_its_deadline_under_signals") {
+        return;
+    }
     let map = kit::ringbuf_map(page());
     let mut ring = RingBuf::new(&map).unwrap();
     let before = ring.wait_stats();
@@ -1456,6 +1454,9 @@ fn full_user_ring(map: &OwnedFd) -> UserRingBuf {
 #[test]
 fn poll_ends_at_its_deadline_under_signals() {
     require_kernel!();
+    if kit::in_own_process("hostile::poll_ends_at_its_deadline_under_signals") {
+        return;
+    }
     require_feature!(kit::user_ringbuf_missing());
     let ring_map = kit::ringbuf_map(page());
     let user_map = kit::user_ringbuf_map(page());
@@ -1486,6 +1487,9 @@ fn poll_ends_at_its_deadline_under_signals() {
 #[test]
 fn reserve_timeout_ends_at_its_deadline_under_signals() {
     require_kernel!();
+    if kit::in_own_process("hostile::reserve_timeout_ends_at_its_deadline_under_signals") {
+        return;
+    }
     require_feature!(kit::user_ringbuf_missing());
     let map = kit::user_ringbuf_map(page());
     let ring = full_user_ring(&map);

@@ -1,21 +1,14 @@
 //! Loom model 2: the consumer against two kernel producers (two CPUs) that commit out of
 //! order.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_two_producers`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::sync::Arc;
 
 use bpf_ringbuf::sync::atomic::Ordering;
 
+use crate::common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 use bpf_ringbuf::model::KernelPoint;
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::Consumer;
-use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 
 /// A 64-byte ring: both records (4-byte payloads, 16 bytes each) fit without waiting.
 const RING_SIZE: usize = 64;

@@ -1,10 +1,5 @@
 //! Loom models of USER_RINGBUF: the user-space `Producer` against the model of the kernel's
-//! `bpf_user_ringbuf_drain` (`KernelDrain`), in loom-tracked memory (`loom_common::LoomRing`).
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_user_ringbuf`
-//! (see `docs/verification.md`). Uses the loom ring of `tests/loom_common` (the loom models'
-//! shared module).
+//! `bpf_user_ringbuf_drain` (`KernelDrain`), in loom-tracked memory (`common::LoomRing`).
 //!
 //! What a wrong ordering would show here:
 //! - publishing `producer_pos` before writing the BUSY header: the drain reads the stale
@@ -20,18 +15,14 @@
 //! Each of these four weakenings, applied by hand to `src/producer.rs`, made loom report the
 //! failure named above. The last three run as negative controls below, through
 //! `bpf_ringbuf::sync::SyncPoint`.
-#![cfg(bpf_ringbuf_loom)]
-
-#[rustfmt::skip]
-mod loom_common;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::common::{expect_failure, model, payload, LoomRing};
 use bpf_ringbuf::model::{KernelDrain, Wakeup};
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Producer, ReserveError, RingMemory};
-use loom_common::{expect_failure, model, payload, LoomRing};
 
 /// A 32-byte ring whose positions start 24 bytes before `usize::MAX` wraps (offset 8).
 ///

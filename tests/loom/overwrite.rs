@@ -1,19 +1,12 @@
 //! Loom model 7: the overwrite-mode reader (`OverwriteConsumer`) copying records while the
 //! kernel producer overwrites them.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_overwrite`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::sync::Arc;
 
+use crate::common::{expect_failure, model, reached, times_reached, LoomOverwriteRing};
 use bpf_ringbuf::model::{KernelPoint, KernelProducer, Wakeup};
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{OverwriteConsumer, OverwriteMemory, RingMemory};
-use loom_common::{expect_failure, model, reached, times_reached, LoomOverwriteRing};
 
 /// A ring, its records, and where the positions start.
 struct Scenario {

@@ -1,7 +1,7 @@
 //! The merged reader's core against heap rings and the model of the kernel producer: several
 //! `KernelProducer`s stamping one clock, records released in key order, the quiet-ring hold
 //! and its bound, what is published, and what happens when the guarantee's conditions break.
-//! No root needed; `tests/kernel_merge.rs` runs the same reader over per-CPU kernel rings.
+//! No root needed; `tests/kernel/merge.rs` runs the same reader over per-CPU kernel rings.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,20 +1,13 @@
 //! Loom model 1: the consumer against one kernel producer, across the end of the data area
 //! and across the wrap of the positions at `usize::MAX`.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_single_producer`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::sync::Arc;
 
-use bpf_ringbuf::sync::SyncPoint;
-use bpf_ringbuf::{Consumer, RingMemory};
-use loom_common::{
+use crate::common::{
     expect_failure, fill_and_commit, model, payload, reserve_blocking, Kernel, LoomRing,
 };
+use bpf_ringbuf::sync::SyncPoint;
+use bpf_ringbuf::{Consumer, RingMemory};
 
 /// A 32-byte ring whose positions start 24 bytes before `usize::MAX` wraps (offset 8).
 ///

@@ -3,13 +3,11 @@
 //! over `RawRingMemory`, reading records a BPF program produced.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bpf_ringbuf::{Consumer, Positions, ReadError, RingBuf, RingMemory};
 use bpf_ringbuf_testkit::{self as kit, require_kernel};
-use rustix::mm::ProtFlags;
 
-#[path = "../examples/byo_mapping.rs"]
+#[path = "../../examples/byo_mapping.rs"]
 #[allow(dead_code)]
 mod byo;
 
@@ -108,17 +106,8 @@ fn a_wrong_size_is_caught_not_read_out_of_bounds() {
     // A corrupt consumer_pos, written by another mapping of the consumer page (as any process
     // holding the map fd can), gives a typed error.
     let ring = LibraryRing::map(map.as_fd(), size).unwrap();
-    let other = kit::try_map(
-        map.as_fd(),
-        0,
-        kit::page_size(),
-        ProtFlags::READ | ProtFlags::WRITE,
-    )
-    .unwrap();
-    // SAFETY: the first word of a page-aligned mapping that lives until the end of the test;
-    // shared with the kernel and the hand-made mapping, so only accessed atomically.
-    let other_consumer_pos = unsafe { AtomicUsize::from_ptr(other.as_ptr().as_ptr().cast()) };
-    other_consumer_pos.store(64, Ordering::Release);
+    let other = kit::ConsumerPosWriter::new(map.as_fd());
+    other.store(64);
     assert_eq!(ring.consumer_pos().load_acquire(), 64);
     // SAFETY: the process's only reader of the map; the consumer page is mapped read-write,
     // and the producer is the kernel.
@@ -133,8 +122,8 @@ fn a_wrong_size_is_caught_not_read_out_of_bounds() {
     // Nothing moved; resync moves consumer_pos to producer_pos, as every mapping sees (a
     // cursor ahead of producer_pos says nothing about what was lost: the count is capped at
     // what the ring can hold).
-    assert_eq!(other_consumer_pos.load(Ordering::Acquire), 64);
+    assert_eq!(other.load(), 64);
     assert_eq!(consumer.resync(), size);
-    assert_eq!(other_consumer_pos.load(Ordering::Acquire), 0);
+    assert_eq!(other.load(), 0);
     assert_eq!(consumer.available().unwrap(), 0);
 }

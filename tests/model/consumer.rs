@@ -1,5 +1,5 @@
 //! The consumer against the heap-backed ring and the model of the kernel producer: no root
-//! needed. Every behaviour here is also checked against the real kernel in `kernel_*.rs`.
+//! needed. Every behaviour here is also checked against the real kernel in `tests/kernel`.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

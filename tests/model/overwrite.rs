@@ -1,5 +1,5 @@
 //! Overwrite mode (flight recorder) on the heap ring with the kernel-producer model in
-//! overwrite mode. The same scenarios run against Linux 7.2 in `kernel_overwrite.rs`.
+//! overwrite mode. The same scenarios run against Linux 7.2 in `tests/kernel/overwrite.rs`.
 
 use std::cell::Cell;
 use std::ops::ControlFlow;

@@ -10,22 +10,15 @@
 //! The property: no execution leaves the consumer asleep, with no wakeup pending, while a
 //! committed record is unread. Here that state is a deadlock (the consumer waits for a
 //! wakeup that never comes, the producer has finished), which loom reports.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_wakeup`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 use bpf_ringbuf::model::{KernelPoint, Wakeup};
 use bpf_ringbuf::sync::SyncPoint;
 use bpf_ringbuf::{Consumer, Readiness};
 use loom::sync::Notify;
-use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 
 /// A 64-byte ring; two records with 4-byte payloads (16 bytes each) fit without waiting, so
 /// the only thing the consumer ever waits for is a wakeup.

@@ -7,21 +7,14 @@
 //! Here a consumer calls [`Consumer::resync`], which publishes `consumer_pos = producer_pos`
 //! over a record another CPU is still writing, while a third CPU asks for a record big enough
 //! to wrap onto it.
-//!
-//! Run: `RUSTFLAGS="--cfg bpf_ringbuf_loom" cargo test --release --features loom \
-//! --test loom_hostile_consumer`
-//! (see `docs/verification.md`).
-#![cfg(bpf_ringbuf_loom)]
-
-mod loom_common;
 
 use std::sync::{Arc, Mutex};
 
+use crate::common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 use bpf_ringbuf::geometry::distance;
 use bpf_ringbuf::header::record_size;
 use bpf_ringbuf::model::{KernelPoint, Wakeup};
 use bpf_ringbuf::Consumer;
-use loom_common::{expect_failure, model, payload, reached, times_reached, Kernel, LoomRing};
 
 /// A 64-byte ring. The first record (16 bytes at 0) is BUSY while the hostile consumer skips
 /// it; the second (56 bytes) then fits after it as far as `consumer_pos` is concerned, and

@@ -1,6 +1,6 @@
 //! The USER_RINGBUF producer against the heap-backed ring and the model of the kernel's drain
 //! (`bpf_user_ringbuf_drain`): no root needed. The same scenarios run against the real kernel
-//! in `kernel_user_ringbuf.rs`.
+//! in `tests/kernel/user_ringbuf.rs`.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
