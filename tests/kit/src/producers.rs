@@ -155,7 +155,7 @@ pub fn stamp(record: &[u8]) -> (u32, u64) {
 }
 
 /// A producer that reserves `len >= 16` bytes, stamps the record with the CPU and a per-CPU
-/// sequence number (counted in `sequence`, a [`percpu_counter_map`], only for successful
+/// sequence number (counted in `sequence`, a [`percpu_counter_map`](crate::percpu_counter_map), only for successful
 /// reservations), copies the rest from the test packet with `bpf_xdp_load_bytes`, and commits
 /// it with `flags`. A failed reservation increments `drops` (another per-CPU counter): the
 /// usual way BPF programs count lost events.
@@ -264,7 +264,7 @@ pub fn ktime_stamp(record: &[u8]) -> (u64, u32, u64) {
 /// work (`work` iterations of an empty `bpf_loop`, as a program collecting its event's
 /// fields would spend), then `bpf_ringbuf_reserve` of a [`KTIME_STAMP_LEN`]-byte record,
 /// filled with the stamp, the next per-CPU sequence number (counted in `sequence`, a
-/// [`percpu_counter_map`], only for successful reservations) and the CPU, then submitted with
+/// [`percpu_counter_map`](crate::percpu_counter_map), only for successful reservations) and the CPU, then submitted with
 /// `flags`. A failed reservation increments `drops` (another per-CPU counter). Stamping before
 /// reserving is the order that makes merging per-CPU rings hard: a record stamped earlier may
 /// be committed later, while its ring still looks empty. With `measure_delay`, the program
@@ -790,7 +790,7 @@ pub fn run_double_reserve(producer: &Producer) -> DoubleReserve {
 // Overwrite mode (BPF_F_RB_OVERWRITE, Linux 6.19+).
 
 /// A producer that reserves `len` bytes (a multiple of 8), increments a per-CPU sequence
-/// counter (element 0 of `sequence`, a [`percpu_counter_map`]) and writes the new sequence
+/// counter (element 0 of `sequence`, a [`percpu_counter_map`](crate::percpu_counter_map)) and writes the new sequence
 /// number into every 8-byte word of the record before submitting it: a record copied while
 /// being overwritten mixes two numbers, so a torn copy is easy to see. A failed reservation
 /// returns `XDP_DROP`.
