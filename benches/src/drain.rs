@@ -94,12 +94,7 @@ pub fn tlb(options: &Options) -> String {
 /// A drain would then measure the neighbours.
 pub fn tc_output(ring: BorrowedFd<'_>, payload: BorrowedFd<'_>, len: u32, flags: u64) -> OwnedFd {
     let mut p = Program::new();
-    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, payload))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+    p.lookup_first_elem(payload, "fail")
         .push(insn::mov64_reg(R2, R0))
         .extend(insn::ld_map_fd(R1, ring))
         .push(insn::mov64_imm(R3, len as i32))

@@ -75,12 +75,7 @@ fn producer(
     let event = -(EVENT_LEN as i16) - 8;
     let mut p = Program::new();
     p.push(insn::mov64_reg(R6, R1))
-        .push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, sequence))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .lookup_first_elem(sequence, "fail")
         .push(insn::mov64_reg(R9, R0))
         .push(insn::ldx_mem(MemSize::DW, R8, R9, 0))
         .push(insn::alu64_imm(AluOp::ADD, R8, 1))
@@ -112,12 +107,7 @@ fn producer(
         }
     }
     p.jmp_imm_label(JmpOp::JEQ, R0, 0, "done")
-        .push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, drops))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .lookup_first_elem(drops, "fail")
         .push(insn::ldx_mem(MemSize::DW, R1, R0, 0))
         .push(insn::alu64_imm(AluOp::ADD, R1, 1))
         .push(insn::stx_mem(MemSize::DW, R0, R1, 0))

@@ -111,12 +111,7 @@ pub fn user_ringbuf_forward(
     let mut cb = Program::new();
     cb.push(insn::mov64_reg(R6, R1))
         // r9 = &scratch[0]
-        .push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, scratch))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "no_scratch")
+        .lookup_first_elem(scratch, "no_scratch")
         .push(insn::mov64_reg(R9, R0))
         .push(insn::st_mem(MemSize::DW, R9, 0, 0));
     for bit in (0..=top_bit).rev() {

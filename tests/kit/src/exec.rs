@@ -106,12 +106,7 @@ fn exec_program(ring: BorrowedFd<'_>, drops: BorrowedFd<'_>) -> Program {
         .push(insn::exit())
         // drops[cpu] += 1
         .label("dropped")
-        .push(insn::st_mem(MemSize::W, insn::R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, drops))
-        .push(insn::mov64_reg(R2, insn::R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "out")
+        .lookup_first_elem(drops, "out")
         .push(insn::ldx_mem(MemSize::DW, R1, R0, 0))
         .push(insn::alu64_imm(AluOp::ADD, R1, 1))
         .push(insn::stx_mem(MemSize::DW, R0, R1, 0))

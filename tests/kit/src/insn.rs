@@ -547,6 +547,17 @@ impl Program {
         self.push(jmp_imm(op, dst, imm, 0))
     }
 
+    /// `r0 = bpf_map_lookup_elem(map, &0u32)`, going to `label` when it is null: element 0 of an
+    /// array map. Uses the 4 stack bytes at `r10 - 4` for the key; clobbers `r1`-`r5`.
+    pub fn lookup_first_elem(&mut self, map: BorrowedFd<'_>, label: &str) -> &mut Program {
+        self.push(st_mem(MemSize::W, R10, -4, 0))
+            .extend(ld_map_fd(R1, map))
+            .push(mov64_reg(R2, R10))
+            .push(alu64_imm(AluOp::ADD, R2, -4))
+            .push(call_helper(helper::MAP_LOOKUP_ELEM))
+            .jmp_imm_label(JmpOp::JEQ, R0, 0, label)
+    }
+
     /// `if dst op src goto label`.
     pub fn jmp_reg_label(&mut self, op: JmpOp, dst: Reg, src: Reg, label: &str) -> &mut Program {
         self.reference(label, Fixup::JumpOffset);

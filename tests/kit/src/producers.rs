@@ -10,7 +10,7 @@ use crate::bpf::FuncInfo;
 use crate::btf::btf_load;
 use crate::btf::{BtfBuilder, FuncLinkage};
 use crate::insn::{
-    self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4, R6, R7, R8, R9,
+    self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R2, R3, R4, R6, R7, R8, R9,
 };
 use crate::maps::array_map;
 use crate::maps::page_size;
@@ -111,12 +111,7 @@ pub fn output_from_array(
     flags: u64,
 ) -> Producer {
     let mut p = Program::new();
-    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, payload))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+    p.lookup_first_elem(payload, "fail")
         .push(insn::mov64_reg(R2, R0))
         .extend(insn::ld_map_fd(R1, ring))
         .push(insn::mov64_imm(R3, len as i32))
@@ -171,12 +166,7 @@ pub fn stamped(
     let mut p = Program::new();
     p.push(insn::mov64_reg(R6, R1))
         // r9 = &sequence[cpu]
-        .push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, sequence))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .lookup_first_elem(sequence, "fail")
         .push(insn::mov64_reg(R9, R0))
         // r7 = reserve(ring, len)
         .extend(insn::ld_map_fd(R1, ring))
@@ -236,12 +226,7 @@ fn commit_or_count_drop(p: &mut Program, commit_helper: u32, flags: u64, drops: 
         .push(insn::exit())
         // drops[cpu] += 1
         .label("dropped")
-        .push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, drops))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+        .lookup_first_elem(drops, "fail")
         .push(insn::ldx_mem(MemSize::DW, R1, R0, 0))
         .push(insn::alu64_imm(AluOp::ADD, R1, 1))
         .push(insn::stx_mem(MemSize::DW, R0, R1, 0))
@@ -280,12 +265,7 @@ pub fn ktime_stamped(
 ) -> Producer {
     let mut p = Program::new();
     // r9 = &sequence[cpu]
-    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, sequence))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+    p.lookup_first_elem(sequence, "fail")
         .push(insn::mov64_reg(R9, R0))
         // r8 = bpf_ktime_get_ns()
         .push(insn::call_helper(helper::KTIME_GET_NS))
@@ -797,12 +777,7 @@ pub fn run_double_reserve(producer: &Producer) -> DoubleReserve {
 pub fn sequence_filled(ring: BorrowedFd<'_>, sequence: BorrowedFd<'_>, len: u32) -> Producer {
     assert!(len >= 8 && len % 8 == 0);
     let mut p = Program::new();
-    p.push(insn::st_mem(MemSize::W, R10, -4, 0))
-        .extend(insn::ld_map_fd(R1, sequence))
-        .push(insn::mov64_reg(R2, R10))
-        .push(insn::alu64_imm(AluOp::ADD, R2, -4))
-        .push(insn::call_helper(helper::MAP_LOOKUP_ELEM))
-        .jmp_imm_label(JmpOp::JEQ, R0, 0, "fail")
+    p.lookup_first_elem(sequence, "fail")
         .push(insn::mov64_reg(R9, R0))
         .extend(insn::ld_map_fd(R1, ring))
         .push(insn::mov64_imm(R2, len as i32))
