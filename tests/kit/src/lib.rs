@@ -28,6 +28,10 @@
 //! | [`insn`], [`btf`], `prog`, `bpf` | the assembler, the BTF builder, program loads and test runs, and the kit's own `bpf()` |
 //! | [`exec`] | the exec tracer of the demo and examples |
 
+// Empty under the loom cfg, which compiles the crate's front end out: only the loom models
+// are built then, and they need nothing here (the kit is every test's dev-dependency).
+#![cfg(not(bpf_ringbuf_loom))]
+
 /// `BPF_RB_NO_WAKEUP`.
 pub const NO_WAKEUP: u64 = 1;
 /// `BPF_RB_FORCE_WAKEUP`.
