@@ -5,9 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
 use bpf_ringbuf_testkit as kit;
-use bpf_ringbuf_testkit::insn::{
-    self, helper, AluOp, JmpOp, MemSize, Program, R0, R1, R10, R2, R3, R4,
-};
+use bpf_ringbuf_testkit::insn::{self, helper, JmpOp, Program, R0, R1, R2, R3, R4};
 use bpf_ringbuf_testkit::{prog_load, prog_test_run, ProgLoad, ProgType, TestRun};
 
 use crate::drainers::{Drainers, Impl, Workload};
